@@ -1,0 +1,262 @@
+"""Typed, validated configuration for every stage, loaded from YAML with `--set key=value` overrides.
+
+One dataclass per concern (data, models, env, sampling, rollout, eval, runtime), nested in `Config`.
+Every field has a default and a `help` text; `__post_init__` checks values and raises `ValueError`
+with a sentence a user understands. Loading turns those, unknown keys and wrong types into a
+`UserError`, so a bad config gets one clear line on the command line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UserError
+
+SPLITS = ("train", "valid_seen", "valid_unseen", "valid_train")
+POLICY_NAMES = ("student", "teacher", "expert")
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class DataConfig:
+    """Where the ALFWorld games come from."""
+
+    source: str = _help(
+        "`mini`: the shipped mini game set (data/alfworld-mini); `alfworld`: the full ALFWorld data "
+        "found through `path`, $ALFWORLD_DATA or data/alfworld.",
+        default="mini",
+    )
+    path: str | None = _help("Explicit data root (the folder holding json_2.1.1/); overrides the lookup.", default=None)
+
+    def __post_init__(self) -> None:
+        _check(self.source in ("mini", "alfworld"), f"source must be 'mini' or 'alfworld', not {self.source!r}.")
+
+
+@dataclass
+class ModelsConfig:
+    """Model locations: local folders only, nothing is fetched from a hub."""
+
+    student: str = _help(
+        "Folder of the initial student checkpoint (round 1 rolls it out).", default="data/models/tiny-student"
+    )
+    teacher: str = _help(
+        "Folder of the teacher checkpoint (must share the student's tokenizer).", default="data/models/tiny-teacher"
+    )
+
+
+@dataclass
+class EnvConfig:
+    """The ALFWorld protocol: episode length, prompt history, response format, worker processes."""
+
+    max_steps: int = _help("Steps before an episode is cut off (ALFWorld's usual protocol: 50).", default=50)
+    history: int = _help("How many recent (observation, action) pairs the prompt shows.", default=2)
+    think: bool = _help("Ask for reasoning in <think>…</think> before <action>…</action>.", default=False)
+    num_workers: int = _help("Environment worker processes; resets and steps run in them, in parallel.", default=2)
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, f"max_steps must be at least 1, not {self.max_steps}.")
+        _check(self.history >= 0, f"history must be 0 or more, not {self.history}.")
+        _check(self.num_workers >= 1, f"num_workers must be at least 1, not {self.num_workers}.")
+
+
+@dataclass
+class SamplingConfig:
+    """How a language-model policy generates one response per turn."""
+
+    backend: str = _help("Generation backend: `hf` (transformers, CPU or GPU) or `vllm` (GPU).", default="hf")
+    temperature: float = _help("Sampling temperature; 0 means greedy decoding.", default=1.0)
+    top_p: float = _help("Nucleus sampling mass (1.0 = off).", default=1.0)
+    max_new_tokens: int = _help("Longest response, in tokens.", default=64)
+    batch_size: int = _help("Episodes played at once: one batched generate call covers all of them.", default=16)
+    device: str = _help("`auto` (CUDA when present, else CPU), `cpu` or `cuda`.", default="auto")
+    dtype: str = _help("`auto` (bf16 on GPU, fp32 on CPU), `float32` or `bfloat16`.", default="auto")
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ("hf", "vllm"), f"backend must be 'hf' or 'vllm', not {self.backend!r}.")
+        _check(self.temperature >= 0, f"temperature must be 0 or more, not {self.temperature}.")
+        _check(0 < self.top_p <= 1, f"top_p must be in (0, 1], not {self.top_p}.")
+        _check(self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, not {self.max_new_tokens}.")
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, not {self.batch_size}.")
+        _check(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}.")
+        _check(
+            self.dtype in ("auto", "float32", "bfloat16"),
+            f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}.",
+        )
+
+
+@dataclass
+class PlayConfig:
+    """Which games a stage plays and with which policy (shared shape of rollout and eval)."""
+
+    policy: str = _help(
+        "`student`, `teacher`, `expert` (replays the walkthrough) or a checkpoint folder.", default="student"
+    )
+    splits: list[str] = _help("ALFWorld splits to play.", default_factory=lambda: ["train"])
+    num_games: int = _help("Games per split, taken in sorted order (0 = all).", default=0)
+    samples_per_game: int = _help("Episodes per game (different sampling seeds).", default=1)
+    episodes_per_shard: int = _help("Episodes per Parquet shard: the unit of resume after a crash.", default=16)
+    temperature: float | None = _help("Overrides sampling.temperature for this stage (None = keep).", default=None)
+
+    def __post_init__(self) -> None:
+        for split in self.splits:
+            _check(split in SPLITS, f"unknown split {split!r}; choose from {', '.join(SPLITS)}.")
+        _check(len(self.splits) >= 1, "at least one split is needed.")
+        _check(self.num_games >= 0, f"num_games must be 0 (all) or more, not {self.num_games}.")
+        _check(self.samples_per_game >= 1, f"samples_per_game must be at least 1, not {self.samples_per_game}.")
+        _check(self.episodes_per_shard >= 1, f"episodes_per_shard must be at least 1, not {self.episodes_per_shard}.")
+        _check(
+            self.temperature is None or self.temperature >= 0, f"temperature must be 0 or more, not {self.temperature}."
+        )
+
+
+@dataclass
+class RolloutConfig(PlayConfig):
+    """Rollout: the student plays the training games, sampling at temperature 1 (on-policy data)."""
+
+
+@dataclass
+class EvalConfig(PlayConfig):
+    """Evaluation: the usual protocol plays the validation splits at temperature 0.4."""
+
+    splits: list[str] = _help("ALFWorld splits to evaluate.", default_factory=lambda: ["valid_seen", "valid_unseen"])
+    temperature: float | None = _help("Evaluation temperature (0 = greedy; None = sampling.temperature).", default=0.4)
+
+
+@dataclass
+class RuntimeConfig:
+    """Process-level settings."""
+
+    threads: int = _help("torch CPU threads for this process (0 = all cores).", default=0)
+
+    def __post_init__(self) -> None:
+        _check(self.threads >= 0, f"threads must be 0 (all cores) or more, not {self.threads}.")
+
+
+@dataclass
+class Config:
+    """Everything a round needs. `configs/default.yaml` is the tiny CPU setting."""
+
+    run: str = _help("Run name: outputs go to <runs_dir>/<run>/round-NNN/.", default="default")
+    runs_dir: str = _help("Folder holding all runs.", default="data/runs")
+    seed: int = _help("Base seed; every episode's sampling seed derives from it.", default=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            bool(self.run) and "/" not in self.run and not self.run.startswith("."),
+            f"run must be a plain folder name, not {self.run!r}.",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (or the defaults when `path` is None), apply `key=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value)
+    return _build(Config, raw, prefix="")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of settings, not a {type(data).__name__}")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects key=value (e.g. rollout.num_games=4), got {item!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"cannot set {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or 'root'} must be a mapping, not {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        known = ", ".join(fields)
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}' (known here: {known})")
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        section = prefix.rstrip(".")
+        raise UserError(f"bad config value{f' in {section}' if section else ''}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, key + ".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [_coerce(args[0], item, key) for item in items]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise UserError(f"config key {key!r} must be {hint.__name__}, got {json.dumps(value, default=str)}")
+    return value

@@ -1,0 +1,68 @@
+"""One real ALFWorld text game (alfworld 0.4.2 on textworld 1.7), with the text cleaned for prompts.
+
+The engine's first observation carries a banner and the task sentence; we split those apart so the
+prompt can show the task once and the observation on its own. `help` is admissible in the engine but
+useless to an agent, so it never reaches a prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BANNER = "-= Welcome to TextWorld, ALFRED! =-"
+HIDDEN_COMMANDS = frozenset({"help"})
+
+
+@dataclass
+class EnvStep:
+    """What the environment says after a reset or a step."""
+
+    observation: str
+    admissible: list[str]
+    won: bool
+    done: bool
+    task: str = ""
+
+
+@dataclass
+class EnvFailure:
+    """The game raised (or its worker died): the episode ends as failed with this message."""
+
+    error: str
+
+
+def split_task(text: str) -> tuple[str, str]:
+    """Split the first observation into (observation without banner, task sentence)."""
+    text = text.replace(BANNER, "").strip()
+    head, sep, tail = text.rpartition("Your task is to:")
+    if not sep:
+        return text, ""
+    return head.strip(), tail.strip().rstrip(".")
+
+
+class AlfWorldGame:
+    """A single game in the real engine. Not thread-safe; lives inside one worker process."""
+
+    def __init__(self, gamefile: str) -> None:
+        import textworld
+        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+
+        infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
+        self._env = textworld.start(gamefile, request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
+
+    def reset(self) -> EnvStep:
+        state = self._env.reset()
+        observation, task = split_task(state["feedback"])
+        return EnvStep(observation, self._admissible(state), bool(state["won"]), False, task)
+
+    def step(self, action: str) -> EnvStep:
+        state, _score, done = self._env.step(action)
+        won = bool(state["won"])
+        return EnvStep(state["feedback"].strip(), self._admissible(state), won, bool(done) or won)
+
+    def close(self) -> None:
+        self._env.close()
+
+    @staticmethod
+    def _admissible(state) -> list[str]:
+        return [cmd for cmd in state["admissible_commands"] if cmd not in HIDDEN_COMMANDS]

@@ -1,0 +1,233 @@
+"""The rollout and eval stages: plan episodes, play the parts this process owns, write shards.
+
+Episodes are a fixed, sorted list (games × samples) cut into parts of `episodes_per_shard`; a part
+is played and written whole, so a rerun after a kill replays exactly the missing parts and nothing
+twice. Parts are dealt to processes by `index % num_shards == shard_index`. The settings that shape
+the data go into the manifest's config, so a rerun with different ones is refused, not mixed in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from pipeline.atomic import write_json
+from pipeline.backends.hf import HFGenerator, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+from pipeline.config import Config, PlayConfig
+from pipeline.envs.games import discover_games, resolve_data_root, select_games
+from pipeline.envs.prompts import PromptRenderer
+from pipeline.envs.workers import EnvPool
+from pipeline.episodes import Episode, EpisodeRunner, EpisodeSpec, PlayTimings, derive_seed
+from pipeline.errors import UserError
+from pipeline.evaluation import eval_row, summarize, turn_rows
+from pipeline.policies import ExpertPolicy, LMPolicy, Policy
+from pipeline.runs import ResolvedPolicy, RunLayout, eval_dir_name, resolve_policy
+from pipeline.shards import StageWriter, read_stage
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class StageResult:
+    """What a rollout or eval call did, for the one-line summary and the benchmarks."""
+
+    directory: Path
+    episodes: int = 0
+    won: int = 0
+    turns: int = 0
+    parts_written: int = 0
+    parts_skipped: int = 0
+    complete: bool = False
+    summary: dict[str, Any] | None = None
+    timings: PlayTimings = field(default_factory=PlayTimings)
+
+
+class ProgressSink(Protocol):
+    """Told the number of episodes to play, then called once per finished episode."""
+
+    def begin(self, total: int) -> None: ...
+
+    def __call__(self, episode: Episode) -> None: ...
+
+
+@dataclass(frozen=True)
+class Sharding:
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise UserError(f"--shard-index must be in [0, --num-shards), got {self.index} of {self.count}")
+
+    def owns(self, part: int) -> bool:
+        return part % self.count == self.index
+
+
+def plan_episodes(config: Config, play: PlayConfig) -> tuple[Path, list[EpisodeSpec]]:
+    root = resolve_data_root(config.data.source, config.data.path)
+    specs = [
+        EpisodeSpec(game, sample)
+        for split in play.splits
+        for game in select_games(discover_games(root, split), play.num_games)
+        for sample in range(play.samples_per_game)
+    ]
+    return root, specs
+
+
+def chunk(specs: list[EpisodeSpec], size: int) -> list[list[EpisodeSpec]]:
+    return [specs[i : i + size] for i in range(0, len(specs), size)]
+
+
+def run_rollout(
+    config: Config,
+    round_: int,
+    sharding: Sharding = Sharding(),
+    force: bool = False,
+    progress: ProgressSink | None = None,
+) -> StageResult:
+    """Write `round-NNN/turns`: one row per turn of every episode."""
+    layout = RunLayout.of(config)
+    policy = resolve_policy(config.rollout.policy, config, layout, round_)
+    return _run_play(
+        config,
+        config.rollout,
+        "turns",
+        layout.stage_dir(round_, "turns"),
+        round_,
+        policy,
+        turn_rows,
+        sharding,
+        force,
+        progress,
+    )
+
+
+def run_eval(
+    config: Config,
+    round_: int,
+    sharding: Sharding = Sharding(),
+    force: bool = False,
+    progress: ProgressSink | None = None,
+) -> StageResult:
+    """Write `round-NNN/eval[-policy]`: one row per episode, and `summary.json` once complete."""
+    layout = RunLayout.of(config)
+    policy = resolve_policy(config.eval.policy, config, layout, round_)
+    directory = layout.stage_dir(round_, eval_dir_name(policy.label))
+    result = _run_play(
+        config,
+        config.eval,
+        "eval",
+        directory,
+        round_,
+        policy,
+        lambda ep, base: [eval_row(ep, base)],
+        sharding,
+        force,
+        progress,
+    )
+    if result.complete:
+        result.summary = summarize(read_stage(directory, "eval").to_pylist())
+        write_json(directory / SUMMARY_FILE, result.summary)
+    return result
+
+
+def _run_play(
+    config: Config,
+    play: PlayConfig,
+    stage: str,
+    directory: Path,
+    round_: int,
+    policy: ResolvedPolicy,
+    to_rows: Callable[[Episode, dict], list[dict]],
+    sharding: Sharding,
+    force: bool,
+    progress: ProgressSink | None,
+) -> StageResult:
+    data_root, specs = plan_episodes(config, play)
+    parts = chunk(specs, play.episodes_per_shard)
+    temperature = config.sampling.temperature if play.temperature is None else play.temperature
+    writer = StageWriter(
+        directory,
+        stage,
+        num_parts=len(parts),
+        force=force,
+        config=_work_config(config, play, round_, policy, temperature),
+        inputs={"data_root": str(data_root), "episodes": [s.episode_id for s in specs]},
+        models={"policy": policy.label, "checkpoint": policy.model, "tokenizer": _tokenizer_path(config, policy)},
+    )
+    mine = [i for i in range(len(parts)) if sharding.owns(i)]
+    todo = writer.pending(mine)
+    result = StageResult(directory, parts_skipped=len(mine) - len(todo))
+    if todo:
+        base = {"run": config.run, "round": round_, "policy": policy.label}
+        if progress is not None:
+            progress.begin(sum(len(parts[i]) for i in todo))
+        with EnvPool(config.env.num_workers, str(data_root.resolve())) as pool:
+            runner = _build_runner(config, policy, temperature, pool)
+            for index in todo:
+                tick = time.perf_counter()
+                episodes = runner.play(parts[index], derive_seed(config.seed, round_, stage, index), progress)
+                writer.write_part(
+                    index, [row for ep in episodes for row in to_rows(ep, base)], seconds=time.perf_counter() - tick
+                )
+                result.parts_written += 1
+                result.episodes += len(episodes)
+                result.won += sum(ep.won for ep in episodes)
+                result.turns += sum(len(ep.turns) for ep in episodes)
+            result.timings = runner.timings
+    result.complete = writer.finalize()
+    return result
+
+
+def _work_config(
+    config: Config, play: PlayConfig, round_: int, policy: ResolvedPolicy, temperature: float
+) -> dict[str, Any]:
+    """The settings that decide what a stage's rows contain (not how many workers made them)."""
+    env = asdict(config.env)
+    env.pop("num_workers")
+    sampling = asdict(config.sampling)
+    sampling.pop("device")
+    return {
+        "run": config.run,
+        "round": round_,
+        "seed": config.seed,
+        "data": asdict(config.data),
+        "play": asdict(play),
+        "env": env,
+        "sampling": {**sampling, "temperature": temperature},
+        "policy": asdict(policy),
+    }
+
+
+def _tokenizer_path(config: Config, policy: ResolvedPolicy) -> str:
+    """Prompts are tokenized by the policy's own tokenizer; expert turns use the student's."""
+    return policy.model or config.models.student
+
+
+def _build_runner(config: Config, policy: ResolvedPolicy, temperature: float, pool: EnvPool) -> EpisodeRunner:
+    if config.sampling.backend != "hf":
+        raise UserError(f"sampling.backend={config.sampling.backend} is not available yet; use hf")
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
+    tokenizer = load_tokenizer(_tokenizer_path(config, policy))
+    actor: Policy
+    if policy.model is None:
+        actor = ExpertPolicy(tokenizer, think=config.env.think)
+    else:
+        device = resolve_device(config.sampling.device)
+        model = load_causal_lm(policy.model, device, resolve_dtype(config.sampling.dtype, device))
+        actor = LMPolicy(policy.label, HFGenerator(model, tokenizer), config.sampling, temperature)
+    return EpisodeRunner(
+        actor,
+        PromptRenderer(tokenizer, config.env.think),
+        pool,
+        batch_size=config.sampling.batch_size,
+        max_steps=config.env.max_steps,
+        history=config.env.history,
+        think=config.env.think,
+    )

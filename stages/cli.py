@@ -1,0 +1,25 @@
+"""The `sage-opd` command line: one typer app, one thin module per command."""
+
+from __future__ import annotations
+
+import typer
+
+from stages.common import set_offline_defaults
+from stages.evaluate import evaluate
+from stages.prepare import prepare
+from stages.rollout import rollout
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Multi-turn on-policy distillation of LLM agents on ALFWorld (SAGE-OPD).",
+)
+app.command("prepare")(prepare)
+app.command("rollout")(rollout)
+app.command("eval")(evaluate)
+
+
+def main() -> None:
+    set_offline_defaults()
+    app()

@@ -1,0 +1,84 @@
+"""Config: YAML + overrides land in typed fields; every mistake is one clear UserError."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, load_config
+from pipeline.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_without_a_file():
+    config = load_config(None)
+    assert config == Config()
+    assert config.eval.splits == ["valid_seen", "valid_unseen"]
+    assert config.eval.temperature == 0.4
+    assert config.rollout.temperature is None
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "alfworld-qwen.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(REPO / "configs" / name)
+    assert config.env.history == 2
+
+
+def test_real_setting_follows_the_usual_protocol():
+    config = load_config(REPO / "configs" / "alfworld-qwen.yaml")
+    assert (config.env.max_steps, config.env.think, config.data.source) == (50, True, "alfworld")
+    assert config.eval.splits == ["valid_seen", "valid_unseen"]
+
+
+def test_overrides_are_typed_and_win_over_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\n  num_games: 3\nsampling:\n  temperature: 1\n")
+    config = load_config(path, ["rollout.num_games=5", "rollout.splits=[valid_seen, valid_unseen]", "seed=7"])
+    assert config.rollout.num_games == 5
+    assert config.rollout.splits == ["valid_seen", "valid_unseen"]
+    assert config.sampling.temperature == 1.0 and isinstance(config.sampling.temperature, float)
+    assert config.seed == 7
+
+
+def test_a_single_split_may_be_given_without_brackets():
+    assert load_config(None, ["eval.splits=valid_unseen"]).eval.splits == ["valid_unseen"]
+
+
+def test_eval_keeps_its_own_defaults_when_partly_overridden():
+    config = load_config(None, ["eval.num_games=2"])
+    assert config.eval.splits == ["valid_seen", "valid_unseen"] and config.eval.temperature == 0.4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["rollout.bogus=1"], "unknown config key 'rollout.bogus'"),
+        (["bogus=1"], "unknown config key 'bogus'"),
+        (["env.max_steps=many"], "config key 'env.max_steps' must be int, got \"many\""),
+        (["env.max_steps=0"], "bad config value in env: max_steps must be at least 1, not 0."),
+        (["rollout.splits=[train, test]"], "unknown split 'test'; choose from train, valid_seen"),
+        (["sampling.top_p=1.5"], "top_p must be in (0, 1], not 1.5."),
+        (["sampling.backend=tgi"], "backend must be 'hf' or 'vllm', not 'tgi'."),
+        (["env.think=maybe"], "config key 'env.think' must be bool"),
+        (["run=../elsewhere"], "run must be a plain folder name"),
+        (["rollout.num_games"], "--set expects key=value"),
+        (["env.max_steps.x=1"], "config key 'env.max_steps' must be int, got {\"x\": 1}"),
+    ],
+)
+def test_bad_values_are_user_errors(overrides, message, tmp_path):
+    with pytest.raises(UserError) as info:
+        load_config(None, overrides)
+    assert message in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rollout: [unclosed\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="must hold a mapping"):
+        load_config(listing)

@@ -1,0 +1,116 @@
+"""The hf backend records log π_old exactly: a fresh forward pass over the same tokens agrees."""
+
+import math
+
+import pytest
+import torch
+
+from pipeline.backends.hf import HFGenerator, SamplingDistribution
+from pipeline.tiny_models import STUDENT_SPEC, build_tiny_model, train_tokenizer
+
+CORPUS = [
+    "You arrive at countertop 1. On the countertop 1, you see a apple 1, a knife 2, and a mug 3.",
+    "<action>go to fridge 1</action>",
+    "<action>move mug 1 to shelf 2</action>",
+    "Your task is to: put a clean mug in coffeemachine.",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def generator():
+    tokenizer = train_tokenizer(CORPUS, vocab_size=400)
+    model = build_tiny_model(tokenizer, STUDENT_SPEC, seed=3)
+    return HFGenerator(model, tokenizer)
+
+
+def prompts_of(generator, texts):
+    return [generator.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def fresh_logprobs(model, prompt, response, temperature=1.0):
+    """log-softmax of a single unpadded forward pass at the response positions."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + response])).logits[0].float()
+    logits = logits[len(prompt) - 1 : -1]
+    if temperature > 0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_sampler_logprobs_match_a_fresh_forward_pass(generator, temperature):
+    # prompts of different lengths: rows are left-padded in the batch, never in the fresh pass
+    prompts = prompts_of(generator, [CORPUS[0], CORPUS[1], CORPUS[3] + " " + CORPUS[2]])
+    outputs = generator.generate(prompts, temperature=temperature, top_p=1.0, max_new_tokens=12, seed=5)
+    for prompt, out in zip(prompts, outputs, strict=True):
+        assert len(out.ids) == len(out.logprobs) > 0
+        expected = fresh_logprobs(generator.model, prompt, out.ids, temperature)
+        torch.testing.assert_close(torch.tensor(out.logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_picks_the_argmax(generator):
+    (prompt,) = prompts_of(generator, [CORPUS[0]])
+    (out,) = generator.generate([prompt], temperature=0.0, top_p=1.0, max_new_tokens=8, seed=0)
+    with torch.no_grad():
+        logits = generator.model(torch.tensor([prompt + out.ids])).logits[0, len(prompt) - 1 : -1]
+    assert out.ids == logits.argmax(-1).tolist()
+
+
+def test_checkpoint_sampling_defaults_do_not_leak_in(generator):
+    """Qwen checkpoints ship top_k / repetition_penalty; the recorded distribution must stay ours."""
+    config = generator.model.generation_config
+    saved = (config.top_k, config.repetition_penalty, config.temperature)
+    config.top_k, config.repetition_penalty, config.temperature = 3, 1.5, 0.2
+    try:
+        (prompt,) = prompts_of(generator, [CORPUS[2]])
+        (out,) = generator.generate([prompt], temperature=1.0, top_p=1.0, max_new_tokens=12, seed=1)
+    finally:
+        config.top_k, config.repetition_penalty, config.temperature = saved
+    torch.testing.assert_close(torch.tensor(out.logprobs), fresh_logprobs(generator.model, prompt, out.ids))
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens(generator):
+    prompts = prompts_of(generator, CORPUS[:4])
+    first = generator.generate(prompts, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=11)
+    again = generator.generate(prompts, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=11)
+    other = generator.generate(prompts, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=12)
+    assert [g.ids for g in first] == [g.ids for g in again]
+    assert [g.ids for g in first] != [g.ids for g in other]
+
+
+def test_generation_stops_after_the_end_token(generator):
+    """Force the end token by biasing the head: the response is exactly [eos] with its log-prob."""
+    eos = generator.tokenizer.eos_token_id
+    bias = torch.zeros(generator.model.config.vocab_size)
+    bias[eos] = 50.0
+    head = generator.model.lm_head
+    handle = head.register_forward_hook(lambda module, args, out: out + bias)
+    try:
+        (prompt,) = prompts_of(generator, [CORPUS[1]])
+        (out,) = generator.generate([prompt], temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0)
+    finally:
+        handle.remove()
+    assert out.ids == [eos]
+    assert out.text == ""
+    assert out.logprobs[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nucleus_keeps_the_smallest_top_set_and_renormalizes():
+    probs = torch.tensor([[0.5, 0.05, 0.3, 0.15]])
+    recorder = SamplingDistribution(temperature=1.0, top_p=0.75)
+    scores = recorder(torch.tensor([[7]]), probs.log())
+    kept = torch.isfinite(scores)
+    assert kept.tolist() == [[True, False, True, False]]
+    logprobs = recorder.finish(torch.tensor([2]))  # token 2 was drawn
+    assert logprobs.item() == pytest.approx(math.log(0.3 / 0.8), abs=1e-6)
+
+
+def test_recorder_settles_each_step_with_the_token_drawn():
+    recorder = SamplingDistribution(temperature=2.0, top_p=1.0)
+    step0 = torch.tensor([[0.0, 2.0]])
+    step1 = torch.tensor([[4.0, 0.0]])
+    recorder(torch.tensor([[5]]), step0)
+    recorder(torch.tensor([[5, 1]]), step1)  # token 1 was drawn at step 0
+    logprobs = recorder.finish(torch.tensor([0]))  # token 0 at step 1
+    expected = [math.log(math.e / (1 + math.e)), math.log(math.e**2 / (math.e**2 + 1))]
+    assert logprobs[0].tolist() == pytest.approx(expected, abs=1e-6)

@@ -108,7 +108,8 @@ class EpisodeRunner:
                 if slot not in order and waiting:
                     order[slot], spec = waiting.popleft()
                     self.pool.submit_reset(slot, str(spec.game.path))
-            active = {slot: ep for slot, ep in slots.items() if not ep.finished}
+            # rows in slot order, not in the order the workers happened to answer
+            active = {slot: slots[slot] for slot in sorted(slots) if not slots[slot].finished}
             actions = self._act(active, derive_seed(seed, step)) if active else {}
             for slot, action in actions.items():
                 self.pool.submit_step(slot, action)

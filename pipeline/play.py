@@ -17,7 +17,14 @@ from typing import Any, Protocol
 import torch
 
 from pipeline.atomic import write_json
-from pipeline.backends.hf import HFGenerator, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+from pipeline.backends.hf import (
+    HFGenerator,
+    load_causal_lm,
+    load_tokenizer,
+    require_model_dir,
+    resolve_device,
+    resolve_dtype,
+)
 from pipeline.config import Config, PlayConfig
 from pipeline.envs.games import discover_games, resolve_data_root, select_games
 from pipeline.envs.prompts import PromptRenderer
@@ -30,6 +37,7 @@ from pipeline.runs import ResolvedPolicy, RunLayout, eval_dir_name, resolve_poli
 from pipeline.shards import StageWriter, read_stage
 
 SUMMARY_FILE = "summary.json"
+EPISODES_DIR = "episodes"  # eval shards sit one level down, so the folder reads as Parquet alone
 
 
 @dataclass
@@ -114,7 +122,7 @@ def run_eval(
     force: bool = False,
     progress: ProgressSink | None = None,
 ) -> StageResult:
-    """Write `round-NNN/eval[-policy]`: one row per episode, and `summary.json` once complete."""
+    """Write `round-NNN/eval[-policy]/`: `episodes/` shards (a row per episode), then `summary.json`."""
     layout = RunLayout.of(config)
     policy = resolve_policy(config.eval.policy, config, layout, round_)
     directory = layout.stage_dir(round_, eval_dir_name(policy.label))
@@ -122,7 +130,7 @@ def run_eval(
         config,
         config.eval,
         "eval",
-        directory,
+        directory / EPISODES_DIR,
         round_,
         policy,
         lambda ep, base: [eval_row(ep, base)],
@@ -131,7 +139,7 @@ def run_eval(
         progress,
     )
     if result.complete:
-        result.summary = summarize(read_stage(directory, "eval").to_pylist())
+        result.summary = summarize(read_stage(result.directory, "eval").to_pylist())
         write_json(directory / SUMMARY_FILE, result.summary)
     return result
 
@@ -149,6 +157,8 @@ def _run_play(
     progress: ProgressSink | None,
 ) -> StageResult:
     data_root, specs = plan_episodes(config, play)
+    for folder in {_tokenizer_path(config, policy), policy.model} - {None}:
+        require_model_dir(folder)
     parts = chunk(specs, play.episodes_per_shard)
     temperature = config.sampling.temperature if play.temperature is None else play.temperature
     writer = StageWriter(
@@ -165,10 +175,10 @@ def _run_play(
     result = StageResult(directory, parts_skipped=len(mine) - len(todo))
     if todo:
         base = {"run": config.run, "round": round_, "policy": policy.label}
-        if progress is not None:
-            progress.begin(sum(len(parts[i]) for i in todo))
         with EnvPool(config.env.num_workers, str(data_root.resolve())) as pool:
             runner = _build_runner(config, policy, temperature, pool)
+            if progress is not None:
+                progress.begin(sum(len(parts[i]) for i in todo))
             for index in todo:
                 tick = time.perf_counter()
                 episodes = runner.play(parts[index], derive_seed(config.seed, round_, stage, index), progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from transformers.utils import logging as hf_logging
 
 from stages.common import set_offline_defaults
 from stages.evaluate import evaluate
@@ -22,4 +23,5 @@ app.command("eval")(evaluate)
 
 def main() -> None:
     set_offline_defaults()
+    hf_logging.disable_progress_bar()  # ours shows episodes; weight-loading bars are noise
     app()

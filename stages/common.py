@@ -119,7 +119,8 @@ class EpisodeProgress:
         self._progress.update(self._task, advance=1, success=f"success {self.won / self.done:.0%}")
 
     def close(self) -> None:
-        self._progress.stop()
+        if self._task is not None:
+            self._progress.stop()
 
 
 def play_summary_line(command: str, result: StageResult) -> str:

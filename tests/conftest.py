@@ -11,3 +11,58 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 torch.set_num_interop_threads(1)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from pipeline.config import Config, load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Student and teacher built once per session by the real `prepare` code path."""
+    from pipeline.prepare import prepare_tiny_models
+
+    root = tmp_path_factory.mktemp("models")
+    paths = {"student": root / "tiny-student", "teacher": root / "tiny-teacher"}
+    config = load_config(DEFAULT_CONFIG, [f"models.{name}={path}" for name, path in paths.items()])
+    prepare_tiny_models(config, force=False)
+    return paths
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_models):
+    """A small, fast stage config writing under this test's tmp_path; extra `key=value` overrides win."""
+
+    def build(*overrides: str) -> Config:
+        small = [
+            f"runs_dir={tmp_path / 'runs'}",
+            f"models.student={tiny_models['student']}",
+            f"models.teacher={tiny_models['teacher']}",
+            "env.max_steps=4",
+            "env.num_workers=2",
+            "sampling.max_new_tokens=12",
+            "sampling.batch_size=6",
+            "rollout.num_games=6",
+            "rollout.samples_per_game=1",
+            "rollout.episodes_per_shard=3",
+            "eval.splits=[valid_unseen]",
+            "eval.episodes_per_shard=3",
+            "runtime.threads=1",
+        ]
+        return load_config(DEFAULT_CONFIG, small + list(overrides))
+
+    return build
+
+
+@pytest.fixture
+def alfworld_data() -> Path:
+    """The full ALFWorld data, or a skip: tests on the real splits run only where it is unpacked."""
+    root = os.environ.get("ALFWORLD_DATA")
+    if not root or not (Path(root) / "json_2.1.1").is_dir():
+        pytest.skip("ALFWORLD_DATA is not set to the full ALFWorld data")
+    return Path(root)

@@ -199,9 +199,7 @@ def test_build_table_names_missing_and_extra_columns():
     missing = {key: value for key, value in good.items() if key not in ("policy", "repeated")}
     with pytest.raises(ValueError, match=r"^turns row 1: missing column\(s\) policy, repeated$"):
         build_table("turns", [good, missing])
-    with pytest.raises(
-        ValueError, match=r"^turns row 0: missing column\(s\) repeated; unexpected column\(s\) repeat$"
-    ):
+    with pytest.raises(ValueError, match=r"^turns row 0: missing column\(s\) repeated; unexpected column\(s\) repeat$"):
         build_table("turns", [{**missing, "policy": "student", "repeat": True}])
     with pytest.raises(ValueError, match=r"^eval row 0: unexpected column\(s\) reward$"):
         build_table("eval", [{**eval_row(0, 0), "reward": 1.0}])

@@ -114,9 +114,7 @@ def test_written_stage_reads_back_identically_with_every_reader(tmp_path, monkey
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     files = [str(directory / part_name(index)) for index in range(3)]
-    dataset = datasets.load_dataset(
-        "parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf")
-    )
+    dataset = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
     assert dataset.column_names == SCHEMAS[stage].names
     assert dataset.to_list() == rows
 
@@ -165,9 +163,7 @@ def test_empty_part_has_no_row_group_and_reads_as_nothing(tmp_path, monkeypatch)
     assert read_stage(directory, "turns").to_pylist() == part_rows(1)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     files = [str(directory / part_name(index)) for index in range(2)]
-    dataset = datasets.load_dataset(
-        "parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf")
-    )
+    dataset = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
     assert dataset.to_list() == part_rows(1)
 
 
@@ -309,9 +305,7 @@ def test_part_of_another_schema_is_refused(tmp_path):
     write_all(directory)
     path = directory / part_name(0)
     table = pq.read_table(path)
-    wider = table.set_column(
-        1, pa.field("round", pa.int64(), nullable=False), table.column(1).cast(pa.int64())
-    )
+    wider = table.set_column(1, pa.field("round", pa.int64(), nullable=False), table.column(1).cast(pa.int64()))
     pq.write_table(wider, path)
     parts = read_manifest(directory, "turns")["parts"]
     parts[part_name(0)].update(sha256=sha256(path), bytes=path.stat().st_size)
@@ -327,9 +321,7 @@ def test_incomplete_stage_is_refused_unless_partial_reads_are_asked_for(tmp_path
     directory = tmp_path / "turns"
     stage_writer = writer(directory)
     stage_writer.write_part(2, part_rows(2))
-    with pytest.raises(
-        UserError, match=f"^turns in {escaped(directory)} is incomplete: 1 of 3 parts written; "
-    ):
+    with pytest.raises(UserError, match=f"^turns in {escaped(directory)} is incomplete: 1 of 3 parts written; "):
         read_stage(directory, "turns")
     with pytest.raises(UserError, match="incomplete: 1 of 3"):
         stage_fingerprint(directory, "turns")
@@ -418,9 +410,7 @@ def test_shards_without_manifest_need_force(tmp_path):
     directory = tmp_path / "turns"
     write_all(directory)
     (directory / MANIFEST_NAME).unlink()
-    with pytest.raises(
-        UserError, match=rf"holds shards \({part_name(0)}, ...\) but no {MANIFEST_NAME}: .*--force"
-    ):
+    with pytest.raises(UserError, match=rf"holds shards \({part_name(0)}, ...\) but no {MANIFEST_NAME}: .*--force"):
         writer(directory)
     assert writer(directory, force=True).pending(range(3)) == [0, 1, 2]
 

@@ -56,13 +56,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_tokenizer(path: str | Path):
-    _require_model_dir(path)
+    require_model_dir(path)
     return AutoTokenizer.from_pretrained(str(path))
 
 
 def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype):
     """A local checkpoint in eval mode; a missing or unreadable folder is a user error."""
-    _require_model_dir(path)
+    require_model_dir(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     except (OSError, ValueError) as exc:
@@ -70,7 +70,8 @@ def load_causal_lm(path: str | Path, device: torch.device, dtype: torch.dtype):
     return model.to(device).eval()
 
 
-def _require_model_dir(path: str | Path) -> None:
+def require_model_dir(path: str | Path) -> None:
+    """Fail early, in the user's words, before a stage writes anything."""
     if not (Path(path) / "config.json").is_file():
         hint = " (run `sage-opd prepare` to build the tiny default models)" if "data/models" in str(path) else ""
         raise UserError(f"model folder {path} does not exist or holds no config.json{hint}")

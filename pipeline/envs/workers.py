@@ -60,6 +60,7 @@ class EnvPool:
             self._start_worker() for _ in range(num_workers)
         ]
         self._pending: dict[int, int] = {}  # slot -> worker index
+        self._settled: dict[int, EnvResult] = {}  # answered before collect() (failed submits)
         self.wait_seconds = 0.0
 
     def _start_worker(self) -> tuple[mp.process.BaseProcess, Connection]:
@@ -70,10 +71,15 @@ class EnvPool:
         return process, parent
 
     def _submit(self, op: str, slot: int, arg: str) -> None:
-        if slot in self._pending:
+        if slot in self._pending or slot in self._settled:
             raise RuntimeError(f"slot {slot} already has a request in flight")
         index = slot % len(self._workers)
-        self._workers[index][1].send((op, slot, arg))
+        try:
+            self._workers[index][1].send((op, slot, arg))
+        except (BrokenPipeError, OSError):  # the worker died since its last answer
+            self._settled.update(self._fail_worker(index))
+            self._settled[slot] = EnvFailure("environment worker died; its games were lost")
+            return
         self._pending[slot] = index
 
     def submit_reset(self, slot: int, gamefile: str) -> None:
@@ -85,7 +91,7 @@ class EnvPool:
     def collect(self) -> dict[int, EnvResult]:
         """Wait for every request in flight."""
         start = time.perf_counter()
-        results: dict[int, EnvResult] = {}
+        results, self._settled = self._settled, {}
         while self._pending:
             busy = {self._workers[i][1]: i for i in set(self._pending.values())}
             for conn in wait(list(busy)):

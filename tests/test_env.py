@@ -1,0 +1,102 @@
+"""The real ALFWorld engine: our wrapper, the worker pool's failure handling, and expert play."""
+
+import os
+import signal
+
+import pytest
+
+from pipeline.backends.hf import load_tokenizer
+from pipeline.envs.alfworld_env import AlfWorldGame, EnvFailure, EnvStep, split_task
+from pipeline.envs.games import MINI_DATA, TASK_TYPES, discover_games, select_games
+from pipeline.envs.prompts import PromptRenderer
+from pipeline.envs.workers import EnvPool
+from pipeline.episodes import EpisodeRunner, EpisodeSpec
+from pipeline.policies import ExpertPolicy
+
+
+def test_first_observation_is_split_into_observation_and_task():
+    text = (
+        "-= Welcome to TextWorld, ALFRED! =-\n\nYou are in the middle of a room. Looking quickly around you, "
+        "you see a desk 1.\n\nYour task is to: put a mug in desk."
+    )
+    assert split_task(text) == (
+        "You are in the middle of a room. Looking quickly around you, you see a desk 1.",
+        "put a mug in desk",
+    )
+
+
+def test_a_mini_game_in_the_engine(monkeypatch):
+    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
+    game = discover_games(MINI_DATA, "train")[0]
+    env = AlfWorldGame(str(game.path))
+    start = env.reset()
+    assert start.task and start.observation.startswith("You are in the middle of a room")
+    assert "help" not in start.admissible and "look" in start.admissible
+    nothing = env.step("dance wildly")
+    assert (nothing.observation, nothing.won, nothing.done) == ("Nothing happens.", False, False)
+    for action in game.walkthrough:
+        step = env.step(action)
+    assert step.won and step.done
+    env.close()
+
+
+def test_a_broken_game_fails_its_episode_only(tmp_path):
+    broken = tmp_path / "game.tw-pddl"
+    broken.write_text("{not json")
+    good = discover_games(MINI_DATA, "train")[0]
+    with EnvPool(2, str(MINI_DATA)) as pool:
+        pool.submit_reset(0, str(broken))
+        pool.submit_reset(1, str(good.path))
+        results = pool.collect()
+        assert isinstance(results[0], EnvFailure) and results[0].error.startswith("reset failed:")
+        assert isinstance(results[1], EnvStep)
+        pool.submit_step(1, good.walkthrough[0])
+        assert isinstance(pool.collect()[1], EnvStep)
+
+
+def test_a_dead_worker_fails_its_episodes_and_is_replaced():
+    good = discover_games(MINI_DATA, "train")[0]
+    with EnvPool(1, str(MINI_DATA)) as pool:
+        pool.submit_reset(0, str(good.path))
+        pool.collect()
+        victim = pool._workers[0][0]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=10)
+        pool.submit_step(0, "look")
+        (failure,) = pool.collect().values()
+        assert isinstance(failure, EnvFailure) and "worker died" in failure.error
+        pool.submit_reset(0, str(good.path))
+        assert isinstance(pool.collect()[0], EnvStep)
+
+
+def play_expert(games, tokenizer, data_root, max_steps=50):
+    with EnvPool(2, str(data_root)) as pool:
+        runner = EpisodeRunner(
+            ExpertPolicy(tokenizer, think=False),
+            PromptRenderer(tokenizer, think=False),
+            pool,
+            batch_size=8,
+            max_steps=max_steps,
+            history=2,
+            think=False,
+        )
+        return runner.play([EpisodeSpec(g, 0) for g in games], seed=0), runner.timings
+
+
+def test_expert_wins_every_shipped_mini_game(tiny_models):
+    tokenizer = load_tokenizer(tiny_models["student"])
+    games = [g for split in ("train", "valid_seen", "valid_unseen") for g in discover_games(MINI_DATA, split)]
+    episodes, timings = play_expert(games, tokenizer, MINI_DATA)
+    assert [ep.won for ep in episodes] == [True] * len(games)
+    assert all(ep.error is None and len(ep.turns) == len(ep.spec.game.walkthrough) for ep in episodes)
+    assert all(t["format_ok"] and t["admissible"] for ep in episodes for t in ep.turns)
+    assert timings.steps == sum(len(g.walkthrough) for g in games)
+
+
+@pytest.mark.alfworld_data
+def test_expert_wins_a_sample_of_valid_unseen_games(tiny_models, alfworld_data):
+    tokenizer = load_tokenizer(tiny_models["student"])
+    games = select_games(discover_games(alfworld_data, "valid_unseen"), 12)
+    assert {g.task_type for g in games} == set(TASK_TYPES)
+    episodes, _ = play_expert(games, tokenizer, alfworld_data)
+    assert [ep.won for ep in episodes] == [True] * 12, [ep.error for ep in episodes]

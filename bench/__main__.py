@@ -1,7 +1,8 @@
 """`make bench`: env parallelism and rollout overhead, measured side by side in one run.
 
 Rows are ratios, so they travel between machines better than raw times:
-- env parallelism: expert steps/s with W workers over steps/s with one (target ≥ 0.8·W);
+- env parallelism: expert steps/s with W workers over steps/s with one (target ≥ 0.8·W), on the mini
+  games and, when $ALFWORLD_DATA is set, on 12 real valid_unseen games (resets ~15x slower);
 - rollout overhead: wall time of a tiny-model rollout over the time spent inside the policy's
   generate plus the time spent waiting on environments (target ≤ 1.10: our own code costs ≤ 10%).
 Results also go to data/bench/results.json.
@@ -20,7 +21,7 @@ import torch
 from pipeline.atomic import write_json
 from pipeline.backends.hf import HFGenerator, load_causal_lm, load_tokenizer
 from pipeline.config import load_config
-from pipeline.envs.games import MINI_DATA, discover_games
+from pipeline.envs.games import MINI_DATA, discover_games, select_games
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.workers import EnvPool
 from pipeline.episodes import EpisodeRunner, EpisodeSpec, PlayTimings
@@ -39,8 +40,8 @@ class Row:
     detail: str
 
 
-def play(policy, tokenizer, specs, workers: int, batch_size: int, max_steps: int) -> PlayTimings:
-    with EnvPool(workers, str(MINI_DATA)) as pool:
+def play(policy, tokenizer, specs, workers: int, batch_size: int, max_steps: int, data_root=MINI_DATA) -> PlayTimings:
+    with EnvPool(workers, str(data_root)) as pool:
         runner = EpisodeRunner(
             policy,
             PromptRenderer(tokenizer, think=False),
@@ -57,14 +58,14 @@ def play(policy, tokenizer, specs, workers: int, batch_size: int, max_steps: int
         return runner.timings
 
 
-def env_parallelism(tokenizer, specs, workers: int) -> Row:
+def env_parallelism(tokenizer, specs, workers: int, label: str, data_root=MINI_DATA) -> Row:
     expert = ExpertPolicy(tokenizer, think=False)
-    one = play(expert, tokenizer, specs, 1, len(specs), 50)
-    many = play(expert, tokenizer, specs, workers, len(specs), 50)
+    one = play(expert, tokenizer, specs, 1, len(specs), 50, data_root)
+    many = play(expert, tokenizer, specs, workers, len(specs), 50, data_root)
     rate_one, rate_many = one.steps / one.wall_seconds, many.steps / many.wall_seconds
     ratio = rate_many / rate_one
     return Row(
-        f"env parallelism (W={workers})",
+        f"env parallelism, {label} (W={workers})",
         ratio,
         f">= {0.8 * workers:.2f}",
         ratio >= 0.8 * workers,
@@ -107,7 +108,12 @@ def main() -> None:
     model = load_causal_lm(config.models.student, torch.device("cpu"), torch.float32)
     specs = [EpisodeSpec(g, s) for g in discover_games(MINI_DATA, "train") for s in range(args.samples)]
     start = time.perf_counter()
-    rows = [env_parallelism(tokenizer, specs, args.workers), rollout_overhead(tokenizer, model, specs, config)]
+    rows = [env_parallelism(tokenizer, specs, args.workers, "mini games")]
+    full_data = os.environ.get("ALFWORLD_DATA")
+    if full_data and (Path(full_data) / "json_2.1.1").is_dir():
+        real = select_games(discover_games(Path(full_data), "valid_unseen"), 12)
+        rows.append(env_parallelism(tokenizer, [EpisodeSpec(g, 0) for g in real], args.workers, "real", full_data))
+    rows.append(rollout_overhead(tokenizer, model, specs, config))
     print_table(rows)
     write_json(RESULTS, {"rows": [r.__dict__ for r in rows], "seconds": time.perf_counter() - start})
     print(f"\nresults in {RESULTS.relative_to(REPO)}")

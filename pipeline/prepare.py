@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline.atomic import atomic_dir
 from pipeline.backends.hf import load_tokenizer
 from pipeline.config import Config
-from pipeline.envs.games import DEFAULT_FULL_DATA, MINI_DATA, discover_games
+from pipeline.envs.games import DEFAULT_FULL_DATA, MINI_DATA, MINI_SPLITS, discover_games
 from pipeline.envs.prompts import SYSTEM_ACTION_ONLY, SYSTEM_WITH_THINKING, PromptRenderer, format_response
 from pipeline.envs.workers import EnvPool
 from pipeline.episodes import EpisodeRunner, EpisodeSpec
@@ -28,7 +28,6 @@ from pipeline.policies import ExpertPolicy
 from pipeline.tiny_models import STUDENT_SPEC, TEACHER_SPEC, build_tiny_model, save_model, train_tokenizer
 
 TOKENIZER_VOCAB = 2048
-MINI_SPLITS = ("train", "valid_seen", "valid_unseen")
 
 
 @dataclass

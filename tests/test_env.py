@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.backends.hf import load_tokenizer
 from pipeline.envs.alfworld_env import AlfWorldGame, EnvFailure, EnvStep, split_task
-from pipeline.envs.games import MINI_DATA, TASK_TYPES, discover_games, select_games
+from pipeline.envs.games import MINI_DATA, MINI_SPLITS, TASK_TYPES, discover_games, select_games
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.workers import EnvPool
 from pipeline.episodes import EpisodeRunner, EpisodeSpec
@@ -85,7 +85,7 @@ def play_expert(games, tokenizer, data_root, max_steps=50):
 
 def test_expert_wins_every_shipped_mini_game(tiny_models):
     tokenizer = load_tokenizer(tiny_models["student"])
-    games = [g for split in ("train", "valid_seen", "valid_unseen") for g in discover_games(MINI_DATA, split)]
+    games = [g for split in MINI_SPLITS for g in discover_games(MINI_DATA, split)]
     episodes, timings = play_expert(games, tokenizer, MINI_DATA)
     assert [ep.won for ep in episodes] == [True] * len(games)
     assert all(ep.error is None and len(ep.turns) == len(ep.spec.game.walkthrough) for ep in episodes)
@@ -100,3 +100,16 @@ def test_expert_wins_a_sample_of_valid_unseen_games(tiny_models, alfworld_data):
     assert {g.task_type for g in games} == set(TASK_TYPES)
     episodes, _ = play_expert(games, tokenizer, alfworld_data)
     assert [ep.won for ep in episodes] == [True] * 12, [ep.error for ep in episodes]
+
+
+def test_a_game_that_breaks_mid_run_is_a_failed_episode_with_its_error(tiny_models, tmp_path):
+    from dataclasses import replace
+
+    tokenizer = load_tokenizer(tiny_models["student"])
+    good = discover_games(MINI_DATA, "train")[:2]
+    broken_file = tmp_path / "game.tw-pddl"
+    broken_file.write_text('{"pddl_domain": "(define (domain broken"}')
+    broken = replace(good[0], game_id="train/broken/trial_0", path=broken_file)
+    episodes, _ = play_expert([good[0], broken, good[1]], tokenizer, MINI_DATA)
+    assert [ep.won for ep in episodes] == [True, False, True]
+    assert episodes[1].error.startswith("reset failed:") and episodes[1].turns == []

@@ -24,6 +24,7 @@ TASK_TYPES = (
     "pick_cool_then_place_in_recep",
     "pick_two_obj_and_place",
 )
+MINI_SPLITS = ("train", "valid_seen", "valid_unseen")
 GAME_FILE = "game.tw-pddl"
 MINI_DATA = Path(__file__).resolve().parents[2] / "data" / "alfworld-mini"
 DEFAULT_FULL_DATA = Path("data") / "alfworld"

@@ -30,16 +30,8 @@ from pathlib import Path
 import textworld
 
 from pipeline.atomic import atomic_dir, write_json
+from pipeline.envs.games import MINI_SPLITS, TASK_TYPES
 
-TASK_TYPES = (
-    "pick_and_place_simple",
-    "look_at_obj_in_light",
-    "pick_clean_then_place_in_recep",
-    "pick_heat_then_place_in_recep",
-    "pick_cool_then_place_in_recep",
-    "pick_two_obj_and_place",
-)
-SPLITS = ("train", "valid_seen", "valid_unseen")
 WALKTHROUGH_STEPS = range(3, 13)
 # FloorLamps stand on no receptacle in ALFWorld, so ToggleObject never applies to them: the real data's
 # look_at_obj_in_light games all use a DeskLamp, and so do ours.
@@ -501,7 +493,7 @@ def generate_game(split: str, index: int, spec: TaskSpec, out: Path) -> tuple[Pa
 
 
 def generate(
-    out: Path, splits: Sequence[str] = SPLITS, task_types: Sequence[str] = TASK_TYPES
+    out: Path, splits: Sequence[str] = MINI_SPLITS, task_types: Sequence[str] = TASK_TYPES
 ) -> Iterator[tuple[Path, list[str]]]:
     """Generate and verify the games of `splits` x `task_types`; yield each one's folder and walkthrough."""
     for split in splits:
@@ -514,13 +506,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     """CLI: generate the mini set, printing one line per game and a summary."""
     parser = argparse.ArgumentParser(description="Generate the mini ALFWorld game set.")
     parser.add_argument("--out", type=Path, default=Path("data/alfworld-mini"), help="output root")
-    parser.add_argument("--split", action="append", choices=SPLITS, help="only this split (repeatable)")
+    parser.add_argument("--split", action="append", choices=MINI_SPLITS, help="only this split (repeatable)")
     parser.add_argument("--task-type", action="append", choices=TASK_TYPES, help="only this one (repeatable)")
     args = parser.parse_args(argv)
     # The output is an ALFWORLD_DATA-shaped root; pointing alfworld at it keeps it out of ~/.cache.
     os.environ.setdefault("ALFWORLD_DATA", str(args.out.resolve()))
     start, lengths = time.perf_counter(), []
-    for folder, walkthrough in generate(args.out, args.split or SPLITS, args.task_type or TASK_TYPES):
+    for folder, walkthrough in generate(args.out, args.split or MINI_SPLITS, args.task_type or TASK_TYPES):
         lengths.append(len(walkthrough))
         print(f"{folder.relative_to(args.out)}: {len(walkthrough)} steps: {' | '.join(walkthrough)}")
     print(

@@ -1,0 +1,78 @@
+"""`prepare`: the ALFWorld data sources, what is said when none is given, and idempotent model builds."""
+
+import tarfile
+
+import pytest
+
+from pipeline import prepare as prepare_module
+from pipeline.envs.games import MINI_DATA, discover_games
+from pipeline.errors import UserError
+from pipeline.prepare import locate_alfworld_data, prepare_tiny_models, unpack_archive
+
+
+@pytest.fixture
+def mini_archive(tmp_path):
+    """An archive in the alfworld-download layout, made from the shipped mini set."""
+    path = tmp_path / "alfworld-mini.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(MINI_DATA / "json_2.1.1", arcname="json_2.1.1")
+    return path
+
+
+def test_archive_is_unpacked_once_into_a_readable_data_root(mini_archive, tmp_path):
+    dest = tmp_path / "data" / "alfworld"
+    assert unpack_archive(mini_archive, dest) == dest
+    assert len(discover_games(dest, "valid_unseen")) == 6
+    marker = dest / "json_2.1.1" / "marker"
+    marker.write_text("kept")
+    unpack_archive(mini_archive, dest)  # already there: nothing is redone
+    assert marker.read_text() == "kept"
+
+
+def test_bad_archives_are_user_errors_and_leave_nothing(tmp_path):
+    dest = tmp_path / "alfworld"
+    with pytest.raises(UserError, match="archive not found"):
+        unpack_archive(tmp_path / "missing.tar.gz", dest)
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tar file at all")
+    with pytest.raises(UserError, match="cannot unpack"):
+        unpack_archive(junk, dest)
+    other = tmp_path / "other.tar.gz"
+    (tmp_path / "readme.txt").write_text("hello")
+    with tarfile.open(other, "w:gz") as tar:
+        tar.add(tmp_path / "readme.txt", arcname="readme.txt")
+    with pytest.raises(UserError, match="not an ALFWorld data archive"):
+        unpack_archive(other, dest)
+    assert not dest.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".alfworld")]
+
+
+def test_missing_data_is_explained_and_only_fatal_when_needed(monkeypatch, tmp_path):
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    monkeypatch.setattr(prepare_module, "DEFAULT_FULL_DATA", tmp_path / "absent")
+    root, note = locate_alfworld_data(None, download=False, required=False)
+    assert root is None and note.endswith("(not needed: this config plays the shipped mini games)")
+    with pytest.raises(UserError, match="set ALFWORLD_DATA .* or pass --archive .* or --download"):
+        locate_alfworld_data(None, download=False, required=True)
+
+
+def test_environment_variable_is_used_when_valid(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
+    assert locate_alfworld_data(None, download=False, required=True) == (MINI_DATA, "from ALFWORLD_DATA")
+
+
+def test_models_are_kept_when_present(tiny_models, make_config):
+    config = make_config()
+    before = {name: (path / "model.safetensors").stat().st_mtime_ns for name, path in tiny_models.items()}
+    assert prepare_tiny_models(config, force=False) == ([], ["student", "teacher"])
+    assert {name: (path / "model.safetensors").stat().st_mtime_ns for name, path in tiny_models.items()} == before
+
+
+def test_a_missing_teacher_is_built_with_the_students_tokenizer(tiny_models, make_config, tmp_path):
+    from pipeline.backends.hf import load_tokenizer
+
+    teacher = tmp_path / "new-teacher"
+    config = make_config(f"models.teacher={teacher}")
+    assert prepare_tiny_models(config, force=False) == (["teacher"], ["student"])
+    student_tok, teacher_tok = load_tokenizer(tiny_models["student"]), load_tokenizer(teacher)
+    assert student_tok.get_vocab() == teacher_tok.get_vocab()

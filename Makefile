@@ -21,7 +21,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 STAGE_ARGS = --config $(CONFIG) $(if $(RUN),--run $(RUN)) $(if $(ROUND),--round $(ROUND)) $(ARGS)
 
-.PHONY: setup prepare test round rollout eval bench clean-runs
+.PHONY: setup prepare test round rollout annotate eval inspect bench clean-runs
 
 setup: $(STAMP)
 
@@ -45,13 +45,20 @@ test: $(STAMP)
 
 round: prepare
 	$(BIN)/sage-opd rollout $(STAGE_ARGS)
+	$(BIN)/sage-opd annotate $(STAGE_ARGS)
 	$(BIN)/sage-opd eval $(STAGE_ARGS)
 
 rollout: prepare
 	$(BIN)/sage-opd rollout $(STAGE_ARGS)
 
+annotate: prepare
+	$(BIN)/sage-opd annotate $(STAGE_ARGS)
+
 eval: prepare
 	$(BIN)/sage-opd eval $(STAGE_ARGS)
+
+inspect: setup
+	$(BIN)/sage-opd inspect $(STAGE_ARGS)
 
 bench: prepare
 	$(BIN)/python -m bench $(ARGS)

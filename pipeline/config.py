@@ -138,6 +138,51 @@ class EvalConfig(PlayConfig):
     temperature: float | None = _help("Evaluation temperature (0 = greedy; None = sampling.temperature).", default=0.4)
 
 
+JUDGES = ("rules", "likelihood", "prompt")
+
+
+@dataclass
+class AnnotateConfig:
+    """Teacher annotation: the turn judge and the per-token teacher scores."""
+
+    judge: str = _help(
+        "`rules` (environment feedback only), `likelihood` (teacher ranks the admissible actions) or "
+        "`prompt` (the teacher is asked for skip/weak/strong). Rules always run first.",
+        default="likelihood",
+    )
+    topk: int = _help("Teacher top-k ids and log-probs kept per response token.", default=20)
+    strong_below: float = _help(
+        "likelihood judge: `strong` when the teacher gives the student's action less than this probability "
+        "(softmax over the admissible actions).",
+        default=0.05,
+    )
+    judge_max_new_tokens: int = _help("prompt judge: longest answer the teacher may give.", default=8)
+    max_tokens_per_batch: int = _help(
+        "Padded tokens per teacher forward pass: bounds scoring memory (batch x length).", default=8192
+    )
+    turns_per_batch: int = _help("Turns judged and scored together.", default=32)
+    out: str = _help(
+        "Output folder name inside the round (a different judge can write beside the first).", default="annotations"
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.judge in JUDGES, f"judge must be one of {', '.join(JUDGES)}, not {self.judge!r}.")
+        _check(self.topk >= 1, f"topk must be at least 1, not {self.topk}.")
+        _check(0 <= self.strong_below <= 1, f"strong_below must be in [0, 1], not {self.strong_below}.")
+        _check(
+            self.judge_max_new_tokens >= 1, f"judge_max_new_tokens must be at least 1, not {self.judge_max_new_tokens}."
+        )
+        _check(
+            self.max_tokens_per_batch >= 64,
+            f"max_tokens_per_batch must be at least 64, not {self.max_tokens_per_batch}.",
+        )
+        _check(self.turns_per_batch >= 1, f"turns_per_batch must be at least 1, not {self.turns_per_batch}.")
+        _check(
+            bool(self.out) and "/" not in self.out and not self.out.startswith("."),
+            f"out must be a plain folder name, not {self.out!r}.",
+        )
+
+
 @dataclass
 class RuntimeConfig:
     """Process-level settings."""
@@ -161,6 +206,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:

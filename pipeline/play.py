@@ -76,6 +76,9 @@ class Sharding:
         return part % self.count == self.index
 
 
+ALL_PARTS = Sharding()  # one process does every part
+
+
 def plan_episodes(config: Config, play: PlayConfig) -> tuple[Path, list[EpisodeSpec]]:
     root = resolve_data_root(config.data.source, config.data.path)
     specs = [
@@ -94,7 +97,7 @@ def chunk(specs: list[EpisodeSpec], size: int) -> list[list[EpisodeSpec]]:
 def run_rollout(
     config: Config,
     round_: int,
-    sharding: Sharding = Sharding(),
+    sharding: Sharding = ALL_PARTS,
     force: bool = False,
     progress: ProgressSink | None = None,
 ) -> StageResult:
@@ -118,7 +121,7 @@ def run_rollout(
 def run_eval(
     config: Config,
     round_: int,
-    sharding: Sharding = Sharding(),
+    sharding: Sharding = ALL_PARTS,
     force: bool = False,
     progress: ProgressSink | None = None,
 ) -> StageResult:
@@ -182,6 +185,7 @@ def _run_play(
             for index in todo:
                 tick = time.perf_counter()
                 episodes = runner.play(parts[index], derive_seed(config.seed, round_, stage, index), progress)
+                _refuse_if_all_failed(episodes, index)
                 writer.write_part(
                     index, [row for ep in episodes for row in to_rows(ep, base)], seconds=time.perf_counter() - tick
                 )
@@ -192,6 +196,15 @@ def _run_play(
             result.timings = runner.timings
     result.complete = writer.finalize()
     return result
+
+
+def _refuse_if_all_failed(episodes: list[Episode], part: int) -> None:
+    """One broken game is a failed episode; a part where every game failed means the environment is broken."""
+    if episodes and all(ep.error for ep in episodes):
+        raise UserError(
+            f"every episode of part {part} failed, so the environment itself is broken (first error: "
+            f"{episodes[0].error}); nothing was written for this part"
+        )
 
 
 def _work_config(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 from transformers.utils import logging as hf_logging
 
+from stages.annotate import annotate
 from stages.common import set_offline_defaults
 from stages.evaluate import evaluate
+from stages.inspect import inspect
 from stages.prepare import prepare
 from stages.rollout import rollout
 
@@ -19,6 +21,8 @@ app = typer.Typer(
 app.command("prepare")(prepare)
 app.command("rollout")(rollout)
 app.command("eval")(evaluate)
+app.command("annotate")(annotate)
+app.command("inspect")(inspect)
 
 
 def main() -> None:

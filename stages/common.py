@@ -91,18 +91,17 @@ def pick_round(config: Config, round_: int | None) -> int:
     return round_ if round_ is not None else RunLayout.of(config).current_round()
 
 
-class EpisodeProgress:
-    """A progress bar over episodes with the success rate so far (stderr, so stdout stays clean)."""
+class StageProgress:
+    """A progress bar on stderr (stdout stays for the one-line summary), started once the total is known."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, unit: str) -> None:
         self.label = label
-        self.won = 0
-        self.done = 0
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[success]}"),
+            TextColumn(unit),
+            TextColumn("{task.fields[note]}"),
             TimeElapsedColumn(),
             console=err_console,
             transient=not sys.stderr.isatty(),
@@ -110,17 +109,30 @@ class EpisodeProgress:
         self._task = None
 
     def begin(self, total: int) -> None:
-        self._task = self._progress.add_task(self.label, total=total, success="")
+        self._task = self._progress.add_task(self.label, total=total, note="")
         self._progress.start()
 
-    def __call__(self, episode: Episode) -> None:
-        self.done += 1
-        self.won += episode.won
-        self._progress.update(self._task, advance=1, success=f"success {self.won / self.done:.0%}")
+    def advance(self, count: int = 1, note: str | None = None) -> None:
+        fields = {} if note is None else {"note": note}
+        self._progress.update(self._task, advance=count, **fields)
 
     def close(self) -> None:
         if self._task is not None:
             self._progress.stop()
+
+
+class EpisodeProgress(StageProgress):
+    """Episodes played, with the success rate so far."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(label, "episodes")
+        self.won = 0
+        self.done = 0
+
+    def __call__(self, episode: Episode) -> None:
+        self.done += 1
+        self.won += episode.won
+        self.advance(1, f"success {self.won / self.done:.0%}")
 
 
 def play_summary_line(command: str, result: StageResult) -> str:

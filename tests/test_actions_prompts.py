@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.envs.actions import parse_action
-from pipeline.envs.prompts import TurnView, build_messages, format_response, render_user_message
+from pipeline.envs.prompts import TurnView, build_messages, format_response, read_task, render_user_message
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,8 @@ def test_first_turn_has_no_history_block():
 def test_system_prompt_follows_the_reasoning_switch():
     with_thinking, action_only = build_messages(VIEW, True)[0]["content"], build_messages(VIEW, False)[0]["content"]
     assert "<think></think>" in with_thinking and "<think>" not in action_only
+
+
+def test_the_task_reads_back_from_a_rendered_prompt():
+    assert read_task("<|im_start|>user\n" + render_user_message(VIEW) + "<|im_end|>") == "put a mug in desk"
+    assert read_task("no task line here") == ""

@@ -201,3 +201,15 @@ def test_student_eval_counts_invalid_and_repeated_actions(make_config):
 
 def test_stage_files_are_readable_by_others(rollout_dir):
     assert all(os.stat(p).st_mode & 0o044 for p in rollout_dir.iterdir() if not p.name.startswith("."))
+
+
+def test_a_broken_environment_stops_the_stage_instead_of_writing_empty_shards(make_config, tmp_path):
+    """Every game fails to load (here: unreadable game files): no empty 'complete' stage is left behind."""
+    for task in ("pick_and_place_simple-Mug-None-Desk-1", "look_at_obj_in_light-Book-None-DeskLamp-2"):
+        game = tmp_path / "broken" / "json_2.1.1" / "train" / task / "trial_0" / "game.tw-pddl"
+        game.parent.mkdir(parents=True)
+        game.write_text("{not a game")
+    config = make_config(f"data.path={tmp_path / 'broken'}", "rollout.policy=expert", "rollout.num_games=2")
+    with pytest.raises(UserError, match=r"every episode of part 0 failed, .*\(first error: reset failed: "):
+        run_rollout(config, 1)
+    assert not list((Path(config.runs_dir) / "default" / "round-001" / "turns").glob("part-*"))

@@ -8,6 +8,7 @@ can be parsed back out; `format_response` writes a response in that same format 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 SYSTEM_WITH_THINKING = (
@@ -34,6 +35,9 @@ class TurnView:
     admissible: tuple[str, ...]
 
 
+TASK_LINE = re.compile(r"^Your task: (.*)\.$", re.MULTILINE)
+
+
 def render_user_message(view: TurnView) -> str:
     lines = [f"Your task: {view.task}.", f"This is step {view.turn + 1} of at most {view.max_steps}."]
     if view.history:
@@ -45,6 +49,12 @@ def render_user_message(view: TurnView) -> str:
     lines.append("Admissible actions: " + ", ".join(view.admissible) + ".")
     lines.append("Which action do you take?")
     return "\n".join(lines)
+
+
+def read_task(prompt_text: str) -> str:
+    """The task sentence back from a rendered prompt (turn rows keep the prompt, not the task)."""
+    match = TASK_LINE.search(prompt_text)
+    return match.group(1) if match else ""
 
 
 def build_messages(view: TurnView, think: bool) -> list[dict[str, str]]:

@@ -1,0 +1,187 @@
+"""The annotate stage: for every student turn, the teacher's judgment and its per-token scores.
+
+Reads a round's complete `turns` stage and writes `annotations` with the same parts: part i of the
+annotations covers exactly the rows of part i of the turns, in the same order, so resume is per part
+and a reader can join on (episode_id, turn) or simply zip the parts. The teacher model is loaded once
+and shared by the scorer and the judge. Teacher and student must share a vocabulary: checked before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.backends.hf import (
+    HFGenerator,
+    load_causal_lm,
+    load_tokenizer,
+    require_model_dir,
+    resolve_device,
+    resolve_dtype,
+)
+from pipeline.backends.hf_score import HFScorer
+from pipeline.config import Config
+from pipeline.errors import UserError
+from pipeline.judges import Judgment, LikelihoodJudge, PromptJudge, RulesOnlyJudge, TurnJudge, judge_turns
+from pipeline.play import ALL_PARTS, Sharding
+from pipeline.runs import RunLayout
+from pipeline.shards import StageWriter, part_name, stage_fingerprint, verify_stage
+
+
+@dataclass
+class AnnotateResult:
+    directory: Path
+    turns: int = 0
+    labels: Counter = field(default_factory=Counter)
+    sources: Counter = field(default_factory=Counter)
+    parts_written: int = 0
+    parts_skipped: int = 0
+    complete: bool = False
+
+
+def check_same_vocabulary(student, teacher, student_name: str, teacher_name: str) -> None:
+    """Per-token teacher scores only mean something over the student's own token ids."""
+    problems = []
+    if student.get_vocab() != teacher.get_vocab():
+        problems.append(f"vocabularies differ ({len(student.get_vocab())} vs {len(teacher.get_vocab())} entries)")
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        if getattr(student, name) != getattr(teacher, name):
+            problems.append(f"{name} {getattr(student, name)} vs {getattr(teacher, name)}")
+    if problems:
+        raise UserError(
+            f"teacher {teacher_name} and student {student_name} do not share a tokenizer: {'; '.join(problems)}"
+        )
+
+
+def episode_histories(rows: list[dict[str, Any]]) -> list[list[tuple[str, str]]]:
+    """For each row, the (observation, action) pairs of its episode's earlier turns, oldest first."""
+    by_episode: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_episode.setdefault(row["episode_id"], []).append(row)
+    earlier = {
+        (ep, t["turn"]): [(r["observation"], r["action"]) for r in turns if r["turn"] < t["turn"]]
+        for ep, turns in by_episode.items()
+        for t in turns
+    }
+    return [earlier[(row["episode_id"], row["turn"])] for row in rows]
+
+
+def annotation_row(turn: dict[str, Any], judgment: Judgment, scores, teacher: str) -> dict[str, Any]:
+    return {
+        "run": turn["run"],
+        "round": turn["round"],
+        "episode_id": turn["episode_id"],
+        "turn": turn["turn"],
+        "label": judgment.label,
+        "label_source": judgment.source,
+        "rule_flags": list(judgment.flags),
+        "judge_output": judgment.output,
+        "teacher_logprobs": scores.teacher_logprobs.tolist(),
+        "topk_ids": scores.topk_ids.tolist(),
+        "topk_logprobs": scores.topk_logprobs.tolist(),
+        "confidence": scores.confidence.tolist(),
+        "teacher": teacher,
+    }
+
+
+class Annotator:
+    """One teacher, one judge, one scorer: annotates lists of turn rows."""
+
+    def __init__(self, config: Config, teacher_tokenizer) -> None:
+        settings = config.annotate
+        device = resolve_device(config.sampling.device)
+        model = load_causal_lm(config.models.teacher, device, resolve_dtype(config.sampling.dtype, device))
+        self.teacher = config.models.teacher
+        self.batch = settings.turns_per_batch
+        self.scorer = HFScorer(model, k=settings.topk, max_tokens_per_batch=settings.max_tokens_per_batch)
+        self.judge = self._build_judge(config, model, teacher_tokenizer)
+
+    def _build_judge(self, config: Config, model, tokenizer) -> TurnJudge:
+        settings = config.annotate
+        if settings.judge == "likelihood":
+            return LikelihoodJudge(self.scorer, tokenizer, settings.strong_below, config.env.think)
+        if settings.judge == "prompt":
+            return PromptJudge(HFGenerator(model, tokenizer), settings.judge_max_new_tokens, config.env.history)
+        return RulesOnlyJudge()
+
+    def annotate(
+        self, rows: list[dict[str, Any]], on_batch: Callable[[int], None] | None = None
+    ) -> list[dict[str, Any]]:
+        histories = episode_histories(rows)
+        out = []
+        for start in range(0, len(rows), self.batch):
+            batch = rows[start : start + self.batch]
+            judgments = judge_turns(self.judge, batch, histories[start : start + self.batch])
+            scores = self.scorer.score([(list(r["prompt_ids"]), list(r["response_ids"])) for r in batch])
+            out += [annotation_row(r, j, s, self.teacher) for r, j, s in zip(batch, judgments, scores, strict=True)]
+            if on_batch is not None:
+                on_batch(len(batch))
+        return out
+
+
+class TurnProgress(Protocol):
+    def begin(self, total: int) -> None: ...
+
+    def advance(self, count: int = 1, note: str | None = None) -> None: ...
+
+
+def run_annotate(
+    config: Config,
+    round_: int,
+    sharding: Sharding = ALL_PARTS,
+    force: bool = False,
+    progress: TurnProgress | None = None,
+) -> AnnotateResult:
+    layout = RunLayout.of(config)
+    turns_dir = layout.stage_dir(round_, "turns")
+    turns_manifest = verify_stage(turns_dir, "turns")
+    student_path = turns_manifest["models"]["tokenizer"]
+    require_model_dir(config.models.teacher)
+    teacher_tokenizer = load_tokenizer(config.models.teacher)
+    require_model_dir(student_path)
+    check_same_vocabulary(load_tokenizer(student_path), teacher_tokenizer, student_path, config.models.teacher)
+
+    num_parts = turns_manifest["num_parts"]
+    writer = StageWriter(
+        layout.stage_dir(round_, config.annotate.out),
+        "annotations",
+        num_parts=num_parts,
+        force=force,
+        config={
+            "annotate": asdict(config.annotate),
+            "teacher": config.models.teacher,
+            "think": config.env.think,
+            "history": config.env.history,
+            "dtype": config.sampling.dtype,
+        },
+        inputs={"turns": stage_fingerprint(turns_dir, "turns")},
+        models={"teacher": config.models.teacher, "student_tokenizer": student_path},
+    )
+    mine = [i for i in range(num_parts) if sharding.owns(i)]
+    todo = writer.pending(mine)
+    result = AnnotateResult(writer.directory, parts_skipped=len(mine) - len(todo))
+    if todo:
+        if config.runtime.threads:
+            torch.set_num_threads(config.runtime.threads)
+        annotator = Annotator(config, teacher_tokenizer)
+        if progress is not None:
+            progress.begin(sum(turns_manifest["parts"][part_name(i)]["rows"] for i in todo))
+        for index in todo:
+            tick = time.perf_counter()
+            rows = pq.read_table(turns_dir / part_name(index)).to_pylist()
+            annotations = annotator.annotate(rows, progress.advance if progress is not None else None)
+            writer.write_part(index, annotations, seconds=time.perf_counter() - tick)
+            result.parts_written += 1
+            result.turns += len(annotations)
+            result.labels.update(a["label"] for a in annotations)
+            result.sources.update(a["label_source"] for a in annotations)
+    result.complete = writer.finalize()
+    return result

@@ -183,6 +183,89 @@ class AnnotateConfig:
         )
 
 
+LOSSES = ("rkl", "topk_rkl", "topk_fkl", "topk_jsd", "sft")
+CONFIDENCE_MODES = ("token", "turn", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Training the student on a round's turns and annotations (DESIGN §1 steps 4–6).
+
+    SAGE-OPD = rkl with turn_selection, confidence=token and normalize all on; standard OPD = rkl with
+    all three off. Every ablation is a combination of these switches.
+    """
+
+    loss: str = _help(
+        "`rkl` (sampled-token reverse KL as a clipped-ratio advantage), `topk_rkl`, `topk_fkl`, "
+        "`topk_jsd` (over the teacher's top-k plus a tail bucket) or `sft` (cross-entropy).",
+        default="rkl",
+    )
+    beta: float = _help("topk_jsd interpolation: 0 = forward KL, 1 = reverse KL.", default=0.5)
+    clip_eps: float = _help("rkl: importance-ratio clip ε (PPO-style).", default=0.2)
+    turn_selection: bool = _help(
+        "Weight turns by their label: skip 0, weak alpha, strong 1 (off: all 1).", default=True
+    )
+    alpha: float = _help("Weight of a `weak` turn.", default=0.5)
+    binary_labels: bool = _help("Treat `weak` as `strong` (two labels: skip / intervene).", default=False)
+    confidence: str = _help(
+        "Teacher-confidence weighting: `token` (top-1 prob per token), `turn` (its mean over the turn) or `none`.",
+        default="token",
+    )
+    normalize: bool = _help("Rescale weights per optimizer batch to w·N/Σw (standard OPD's scale).", default=True)
+    learning_rate: float = _help("AdamW learning rate.", default=1e-5)
+    epochs: float = _help("Passes over the round's turns.", default=1.0)
+    per_device_batch_size: int = _help("Turns per micro-batch.", default=8)
+    gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
+    max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
+    warmup_ratio: float = _help("Linear warm-up share of the steps.", default=0.0)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    logging_steps: int = _help("Log every this many optimizer steps.", default=1)
+    annotations: str = _help("Annotation folder of the round to train on (sft needs none).", default="annotations")
+
+    def __post_init__(self) -> None:
+        _check(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}.")
+        _check(0 <= self.beta <= 1, f"beta must be in [0, 1], not {self.beta}.")
+        _check(0 < self.clip_eps < 1, f"clip_eps must be in (0, 1), not {self.clip_eps}.")
+        _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], not {self.alpha}.")
+        _check(
+            self.confidence in CONFIDENCE_MODES,
+            f"confidence must be one of {', '.join(CONFIDENCE_MODES)}, not {self.confidence!r}.",
+        )
+        _check(self.learning_rate > 0, f"learning_rate must be positive, not {self.learning_rate}.")
+        _check(self.epochs > 0, f"epochs must be positive, not {self.epochs}.")
+        _check(
+            self.per_device_batch_size >= 1,
+            f"per_device_batch_size must be at least 1, not {self.per_device_batch_size}.",
+        )
+        _check(
+            self.gradient_accumulation_steps >= 1,
+            f"gradient_accumulation_steps must be at least 1, not {self.gradient_accumulation_steps}.",
+        )
+        _check(self.logging_steps >= 1, f"logging_steps must be at least 1, not {self.logging_steps}.")
+
+
+@dataclass
+class PrepareConfig:
+    """Warm starts `prepare` gives the tiny models (real checkpoints need none: set the epochs to 0)."""
+
+    teacher_sft_epochs: float = _help(
+        "SFT epochs of the teacher on expert walkthroughs of the rollout games.", default=0.0
+    )
+    teacher_sft_learning_rate: float = _help("Teacher SFT learning rate.", default=3e-3)
+    student_sft_epochs: float = _help("SFT epochs of the student on the same turns (a brief warm start).", default=0.0)
+    student_sft_learning_rate: float = _help("Student warm-start learning rate.", default=1e-3)
+    sft_batch_size: int = _help("Turns per SFT optimizer step.", default=8)
+
+    def __post_init__(self) -> None:
+        _check(self.teacher_sft_epochs >= 0, f"teacher_sft_epochs must be 0 or more, not {self.teacher_sft_epochs}.")
+        _check(self.student_sft_epochs >= 0, f"student_sft_epochs must be 0 or more, not {self.student_sft_epochs}.")
+        _check(
+            self.teacher_sft_learning_rate > 0 and self.student_sft_learning_rate > 0,
+            "SFT learning rates must be positive.",
+        )
+        _check(self.sft_batch_size >= 1, f"sft_batch_size must be at least 1, not {self.sft_batch_size}.")
+
+
 @dataclass
 class RuntimeConfig:
     """Process-level settings."""
@@ -207,6 +290,8 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
@@ -233,7 +318,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return _build(Config, raw, prefix="")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file's settings; `base: other.yaml` (relative to the file) is read first and overlaid."""
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
@@ -244,7 +330,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of settings, not a {type(data).__name__}")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in seen:
+        raise UserError(f"config file {path} has a `base` cycle through {base_path}")
+    return _overlay(_read_yaml(base_path, (*seen, path.resolve())), data)
+
+
+def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, section by section (a section in `top` changes only the keys it names)."""
+    merged = dict(base)
+    for key, value in top.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _overlay(merged[key], value) if both_sections else value
+    return merged
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -301,6 +402,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return [_coerce(args[0], item, key) for item in items]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

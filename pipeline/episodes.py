@@ -182,3 +182,23 @@ class EpisodeRunner:
 def is_invalid(turn: dict) -> bool:
     """A turn the environment could not use: malformed, not admissible, or "Nothing happens."."""
     return not turn["format_ok"] or not turn["admissible"] or turn["feedback"] == NOTHING_HAPPENS
+
+
+def play_games(
+    policy: Policy,
+    renderer: PromptRenderer,
+    specs: list[EpisodeSpec],
+    data_root: str,
+    *,
+    num_workers: int,
+    max_steps: int,
+    history: int,
+    think: bool,
+    seed: int = 0,
+) -> list[Episode]:
+    """Play a list of episodes in one batch with a fresh worker pool (prepare's corpus and checks)."""
+    with EnvPool(num_workers, data_root) as pool:
+        runner = EpisodeRunner(
+            policy, renderer, pool, batch_size=len(specs), max_steps=max_steps, history=history, think=think
+        )
+        return runner.play(specs, seed=seed)

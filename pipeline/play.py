@@ -103,7 +103,7 @@ def run_rollout(
 ) -> StageResult:
     """Write `round-NNN/turns`: one row per turn of every episode."""
     layout = RunLayout.of(config)
-    policy = resolve_policy(config.rollout.policy, config, layout, round_)
+    policy = resolve_policy(config.rollout.policy, config, layout, round_, after_training=False)
     return _run_play(
         config,
         config.rollout,
@@ -127,7 +127,7 @@ def run_eval(
 ) -> StageResult:
     """Write `round-NNN/eval[-policy]/`: `episodes/` shards (a row per episode), then `summary.json`."""
     layout = RunLayout.of(config)
-    policy = resolve_policy(config.eval.policy, config, layout, round_)
+    policy = resolve_policy(config.eval.policy, config, layout, round_, after_training=True)
     directory = layout.stage_dir(round_, eval_dir_name(policy.label))
     result = _run_play(
         config,

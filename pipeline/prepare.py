@@ -21,11 +21,11 @@ from pipeline.backends.hf import load_tokenizer
 from pipeline.config import Config
 from pipeline.envs.games import DEFAULT_FULL_DATA, MINI_DATA, MINI_SPLITS, discover_games
 from pipeline.envs.prompts import SYSTEM_ACTION_ONLY, SYSTEM_WITH_THINKING, PromptRenderer, format_response
-from pipeline.envs.workers import EnvPool
-from pipeline.episodes import EpisodeRunner, EpisodeSpec
+from pipeline.episodes import EpisodeSpec, play_games
 from pipeline.errors import UserError
 from pipeline.policies import ExpertPolicy
 from pipeline.tiny_models import STUDENT_SPEC, TEACHER_SPEC, build_tiny_model, save_model, train_tokenizer
+from pipeline.warm_start import warm_start_models
 
 TOKENIZER_VOCAB = 2048
 
@@ -36,6 +36,7 @@ class PrepareReport:
     data_note: str = ""
     built: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    warm_starts: dict[str, dict | None] = field(default_factory=dict)
 
 
 def locate_alfworld_data(archive: Path | None, download: bool, required: bool) -> tuple[Path | None, str]:
@@ -86,17 +87,16 @@ def download_alfworld(dest: Path) -> Path:
 def expert_corpus(tokenizer, num_workers: int) -> list[str]:
     """The prompt and response text of expert episodes on every mini game, rendered by `tokenizer`."""
     games = [game for split in MINI_SPLITS for game in discover_games(MINI_DATA, split)]
-    with EnvPool(num_workers, str(MINI_DATA)) as pool:
-        runner = EpisodeRunner(
-            ExpertPolicy(tokenizer, think=False),
-            PromptRenderer(tokenizer, think=False),
-            pool,
-            batch_size=len(games),
-            max_steps=50,
-            history=2,
-            think=False,
-        )
-        episodes = runner.play([EpisodeSpec(game, 0) for game in games], seed=0)
+    episodes = play_games(
+        ExpertPolicy(tokenizer, think=False),
+        PromptRenderer(tokenizer, think=False),
+        [EpisodeSpec(game, 0) for game in games],
+        str(MINI_DATA),
+        num_workers=num_workers,
+        max_steps=50,
+        history=2,
+        think=False,
+    )
     return [t["prompt_text"] + t["response_text"] for ep in episodes for t in ep.turns]
 
 
@@ -131,4 +131,5 @@ def prepare(config: Config, archive: Path | None, download: bool, force: bool) -
         archive, download, required=config.data.source == "alfworld"
     )
     report.built, report.kept = prepare_tiny_models(config, force)
+    report.warm_starts = warm_start_models(config)
     return report

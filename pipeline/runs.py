@@ -51,6 +51,11 @@ class RunLayout:
                 return str(path)
         return initial
 
+    def student_leaving(self, round_: int, initial: str) -> str:
+        """The checkpoint round `round_` trained, or the one it started from when it has not trained yet."""
+        trained = self.checkpoint(round_)
+        return str(trained) if trained is not None else self.student_entering(round_, initial)
+
 
 @dataclass(frozen=True)
 class ResolvedPolicy:
@@ -60,11 +65,13 @@ class ResolvedPolicy:
     model: str | None
 
 
-def resolve_policy(name: str, config: Config, layout: RunLayout, round_: int) -> ResolvedPolicy:
+def resolve_policy(name: str, config: Config, layout: RunLayout, round_: int, after_training: bool) -> ResolvedPolicy:
+    """`student` is the round's input checkpoint for rollout, and its output checkpoint for eval."""
     if name == "expert":
         return ResolvedPolicy("expert", None)
     if name == "student":
-        return ResolvedPolicy("student", layout.student_entering(round_, config.models.student))
+        pick = layout.student_leaving if after_training else layout.student_entering
+        return ResolvedPolicy("student", pick(round_, config.models.student))
     if name == "teacher":
         return ResolvedPolicy("teacher", config.models.teacher)
     if not Path(name).is_dir():

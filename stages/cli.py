@@ -11,6 +11,8 @@ from stages.evaluate import evaluate
 from stages.inspect import inspect
 from stages.prepare import prepare
 from stages.rollout import rollout
+from stages.round import round_
+from stages.train import train
 
 app = typer.Typer(
     add_completion=False,
@@ -22,6 +24,8 @@ app.command("prepare")(prepare)
 app.command("rollout")(rollout)
 app.command("eval")(evaluate)
 app.command("annotate")(annotate)
+app.command("train")(train)
+app.command("round")(round_)
 app.command("inspect")(inspect)
 
 

@@ -27,4 +27,9 @@ def prepare(
     report = run_prepare(cfg, archive, download, force)
     data = f"ALFWorld data at {report.data_root} ({report.data_note})" if report.data_root else report.data_note
     models = ", ".join([f"built {name}" for name in report.built] + [f"kept {name}" for name in report.kept])
-    typer.echo(f"prepare: {data}; models: {models}")
+    sft = "; ".join(
+        f"{name} SFT: {record['steps']} steps, greedy success {record['greedy_success']:.0%} on {record['games']} games"
+        for name, record in report.warm_starts.items()
+        if record
+    )
+    typer.echo(f"prepare: {data}; models: {models}" + (f"; {sft}" if sft else ""))

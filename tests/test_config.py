@@ -82,3 +82,60 @@ def test_missing_and_malformed_files(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(UserError, match="must hold a mapping"):
         load_config(listing)
+
+
+def test_a_file_can_build_on_a_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 3\nenv:\n  max_steps: 7\n  history: 1\ntrain:\n  alpha: 0.25\n")
+    (tmp_path / "top.yaml").write_text("base: base.yaml\nrun: top\nenv:\n  max_steps: 9\n")
+    config = load_config(tmp_path / "top.yaml")
+    assert (config.run, config.seed, config.env.max_steps, config.env.history, config.train.alpha) == (
+        "top",
+        3,
+        9,
+        1,
+        0.25,
+    )
+
+
+def test_a_base_cycle_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(UserError, match="has a `base` cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+ABLATIONS = {
+    # name: (loss, turn_selection, confidence, normalize, binary_labels)
+    "sage": ("rkl", True, "token", True, False),
+    "opd": ("rkl", False, "none", False, False),
+    "no-turn-selection": ("rkl", False, "token", True, False),
+    "no-confidence": ("rkl", True, "none", True, False),
+    "no-normalization": ("rkl", True, "token", False, False),
+    "binary-label": ("rkl", True, "token", True, True),
+    "turn-confidence": ("rkl", True, "turn", True, False),
+    "sft": ("sft", False, "none", False, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_each_ablation_is_the_default_setting_with_its_switches(name):
+    config = load_config(REPO / "configs" / "ablations" / f"{name}.yaml")
+    default = load_config(REPO / "configs" / "default.yaml")
+    train = config.train
+    loss = default.train.loss if ABLATIONS[name][0] == "rkl" else "sft"
+    assert (train.loss, train.turn_selection, train.confidence, train.normalize, train.binary_labels) == (
+        loss,
+        *ABLATIONS[name][1:],
+    )
+    assert config.run == name
+    assert config.env == default.env and config.sampling == default.sampling and config.annotate == default.annotate
+
+
+def test_every_ablation_file_is_covered():
+    assert {p.stem for p in (REPO / "configs" / "ablations").glob("*.yaml")} == set(ABLATIONS)
+
+
+def test_scientific_notation_is_a_float():
+    assert load_config(None, ["train.learning_rate=1e-3"]).train.learning_rate == 0.001
+    with pytest.raises(UserError, match="'train.learning_rate' must be float"):
+        load_config(None, ["train.learning_rate=fast"])

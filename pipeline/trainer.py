@@ -1,0 +1,310 @@
+"""The student update: TRL's `SFTTrainer` with our loss over precomputed teacher annotations (DESIGN §1 step 6).
+
+`build_examples` (pipeline/train_data.py) has already cut the turns into optimizer batches and given every
+response token its final weight and every row N, the token count of its optimizer batch. This trainer
+only has to (1) read the rows in that order, (2) compute Σ w·ℓ / N on each micro-batch, and (3) leave that
+number alone: the micro-batch losses of one step then add up to the batch loss exactly, however the batch
+is split over gradient accumulation and devices.
+
+- (1) `_get_train_sampler` returns a `SequentialSampler`.
+- (3) `loss_is_scaled_for_ga = True`: `Trainer.training_step` would otherwise divide by the number of
+  accumulation steps (our batch carries no `labels`, so `num_items_in_batch` is None and the Trainer
+  would take our loss for a per-micro-batch mean). Accelerate's own division is by 1 (the Trainer builds
+  its `GradientAccumulationPlugin` with `num_steps=1`). Under data parallelism DDP averages gradients
+  over ranks while N counts every rank's tokens, so the loss is multiplied by the number of processes.
+
+Student log-probs are taken only at the positions that predict response tokens (`logits_to_keep` with
+per-row positions), and the log-softmax runs in float32 even under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch.utils.data import SequentialSampler
+from trl import SFTConfig, SFTTrainer
+
+from pipeline import losses
+from pipeline.atomic import atomic_dir
+from pipeline.backends.hf import load_causal_lm, load_tokenizer, require_model_dir
+from pipeline.config import TrainConfig
+from pipeline.errors import UserError
+from pipeline.train_data import LABELS, UNLABELED, world_batch_size
+
+LABEL_INDEX = {name: index for index, name in enumerate((*LABELS, UNLABELED))}
+_PER_TOKEN = ("weights", "sampler_logprobs", "teacher_logprobs")
+_TOP_K = ("topk_ids", "topk_logprobs")
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    final_loss: float | None
+    mean_loss: float | None
+    seconds: float
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    data_stats: dict[str, Any] = field(default_factory=dict)  # from build_examples
+
+
+class OPDCollator:
+    """Right-pads a list of examples into tensors; every padded position holds 0 (finite, never -inf).
+
+    Sequence tensors are [B, L] (`input_ids`, `attention_mask`); response tensors are [B, R] with R the
+    longest response (`response_ids`, `response_mask`, `weights`, log-probs) or [B, R, k] (top-k); row
+    values are [B] (`response_start`, `batch_tokens`, bookkeeping for the logs).
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        size = len(features)
+        length = max(len(f["input_ids"]) for f in features)
+        starts = [int(f["response_start"]) for f in features]
+        spans = [len(f["input_ids"]) - start for f, start in zip(features, starts, strict=True)]
+        width = max(spans)
+        input_ids = torch.full((size, length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((size, length), dtype=torch.long)
+        response_ids = torch.zeros((size, width), dtype=torch.long)
+        for row, f in enumerate(features):
+            ids = torch.tensor(f["input_ids"], dtype=torch.long)
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+            response_ids[row, : spans[row]] = ids[starts[row] :]
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "response_start": torch.tensor(starts, dtype=torch.long),
+            "response_ids": response_ids,
+            "response_mask": torch.arange(width).unsqueeze(0) < torch.tensor(spans).unsqueeze(1),
+        }
+        for key in (*_PER_TOKEN, *_TOP_K):
+            if key not in features[0]:
+                continue
+            k = len(features[0][key][0]) if key in _TOP_K else None
+            shape = (size, width) if k is None else (size, width, k)
+            dtype = torch.long if key == "topk_ids" else torch.float32
+            values = torch.zeros(shape, dtype=dtype)
+            for row, f in enumerate(features):
+                values[row, : spans[row]] = torch.tensor(f[key], dtype=dtype).reshape(spans[row], *shape[2:])
+            batch[key] = values
+        batch["batch_tokens"] = torch.tensor([f["batch_tokens"] for f in features], dtype=torch.float32)
+        batch["gain"] = torch.tensor([f["gain"] for f in features], dtype=torch.float32)
+        batch["label_index"] = torch.tensor([LABEL_INDEX[f["label"]] for f in features], dtype=torch.long)
+        batch["batch_first"] = torch.tensor([bool(f["batch_first"]) for f in features])
+        batch["batch_skipped"] = torch.tensor([bool(f["batch_skipped"]) for f in features])
+        return batch
+
+
+class SageOPDTrainer(SFTTrainer):
+    """`SFTTrainer` whose loss is Σ w·ℓ / N over precomputed weights, read in the order it was built.
+
+    Logs per logging step (into `state.log_history`, beside `loss`): `nll`, `rkl_sampled` (mean of
+    log π_θ − log π_T on the sampled tokens), `topk_divergence` (top-k modes), `clip_fraction` (rkl),
+    `mean_weight`, `nonzero_weight_fraction`, `skipped_turn_fraction`, `label_<name>` counts, `tokens`
+    and `skipped_batches` (optimizer batches with Σw = 0: loss 0, zero gradient).
+    """
+
+    # The loss of `compute_loss` is already divided by N of the whole optimizer batch: do not divide it by
+    # the number of gradient accumulation steps (transformers' `Trainer.training_step`).
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, train_config: TrainConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_config = train_config
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
+        return SequentialSampler(self.train_dataset if train_dataset is None else train_dataset)
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        cfg = self.train_config
+        mask = inputs["response_mask"]
+        maskf = mask.float()
+        length = inputs["input_ids"].shape[1]
+        # Logits at position p predict token p + 1: response token j of a row sits at response_start + j.
+        positions = inputs["response_start"].unsqueeze(1) - 1 + torch.arange(mask.shape[1], device=mask.device)
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            use_cache=False,
+            logits_to_keep=positions.clamp(max=length - 1),
+        )
+        logp = torch.log_softmax(outputs.logits.float(), dim=-1)  # [B, R, V]
+        logp_new = logp.gather(-1, inputs["response_ids"].unsqueeze(-1)).squeeze(-1) * maskf
+        extra: dict[str, torch.Tensor] = {}
+        if cfg.loss == "rkl":
+            per_token = losses.rkl_loss(logp_new, inputs["sampler_logprobs"], inputs["teacher_logprobs"], cfg.clip_eps)
+            ratio = torch.exp(logp_new.detach() - inputs["sampler_logprobs"])
+            extra["clipped"] = (((ratio - 1).abs() > cfg.clip_eps) & mask).sum()
+        elif cfg.loss.startswith("topk_"):
+            student_topk = logp.gather(-1, inputs["topk_ids"])
+            per_token = losses.topk_divergence(student_topk, inputs["topk_logprobs"], cfg.loss[5:], cfg.beta)
+            extra["divergence"] = (per_token.detach() * maskf).sum()
+        else:
+            per_token = losses.sft_loss(logp_new)
+        per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
+        num_tokens = inputs["batch_tokens"][0]
+        loss = losses.weighted_token_mean(per_token, inputs["weights"], num_tokens)
+        # DDP averages the gradients over ranks, but N counts the tokens of all ranks.
+        loss = loss * self.accelerator.num_processes
+        if model.training:
+            self._accumulate(inputs, logp_new.detach(), extra)
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _accumulate(
+        self, inputs: dict[str, torch.Tensor], logp_new: torch.Tensor, extra: dict[str, torch.Tensor]
+    ) -> None:
+        mask = inputs["response_mask"]
+        weights = inputs["weights"]
+        sums = {
+            "tokens": mask.sum(),
+            "weight": weights.sum(),
+            "nonzero": ((weights != 0) & mask).sum(),
+            "rows": torch.tensor(mask.shape[0], device=mask.device),
+            "skipped_rows": (inputs["gain"] == 0).sum(),
+            "skipped_batches": (inputs["batch_first"] & inputs["batch_skipped"]).sum(),
+            "nll": -(logp_new * mask).sum(),
+            **extra,
+        }
+        if "teacher_logprobs" in inputs:
+            sums["rkl_sampled"] = ((logp_new - inputs["teacher_logprobs"]) * mask).sum()
+        counts = torch.bincount(inputs["label_index"], minlength=len(LABEL_INDEX))
+        for name, index in LABEL_INDEX.items():
+            sums[f"label_{name}"] = counts[index]
+        for key, value in sums.items():
+            value = value.detach().double()
+            self._sums[key] = self._sums[key] + value if key in self._sums else value
+
+    def _step_metrics(self) -> dict[str, float]:
+        """The sums since the last log, reduced over ranks, as the logged numbers."""
+        keys = sorted(self._sums)
+        totals = self.accelerator.reduce(torch.stack([self._sums[key] for key in keys]), reduction="sum")
+        sums = dict(zip(keys, totals.tolist(), strict=True))
+        self._sums = {}
+        tokens, rows = max(sums["tokens"], 1.0), max(sums["rows"], 1.0)
+        metrics = {
+            "nll": sums["nll"] / tokens,
+            "mean_weight": sums["weight"] / tokens,
+            "nonzero_weight_fraction": sums["nonzero"] / tokens,
+            "skipped_turn_fraction": sums["skipped_rows"] / rows,
+            "skipped_batches": sums["skipped_batches"],
+            "tokens": sums["tokens"],
+        }
+        if "rkl_sampled" in sums:
+            metrics["rkl_sampled"] = sums["rkl_sampled"] / tokens
+        if "divergence" in sums:
+            metrics["topk_divergence"] = sums["divergence"] / tokens
+        if "clipped" in sums:
+            metrics["clip_fraction"] = sums["clipped"] / tokens
+        metrics.update({f"label_{name}": sums[f"label_{name}"] for name in LABEL_INDEX})
+        return metrics
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._sums:
+            logs = {**logs, **self._step_metrics()}
+        super().log(logs, start_time)
+
+
+def train_student(
+    model_path: str | Path,
+    examples: list[dict[str, Any]],
+    stats: dict[str, Any],
+    cfg: TrainConfig,
+    output_dir: str | Path,
+    *,
+    seed: int,
+    threads: int | None = None,
+    callbacks: list[Any] | None = None,
+    bf16: bool | None = None,
+) -> TrainSummary:
+    """Train the student at `model_path` on `examples` (from `build_examples`) and save it to `output_dir`.
+
+    `output_dir` is replaced atomically by a checkpoint that `AutoModelForCausalLM.from_pretrained` and
+    `AutoTokenizer.from_pretrained` load. CUDA is used when present, else the CPU; `bf16` (autocast,
+    float32 master weights) defaults to on exactly when CUDA is used. `callbacks` go to the Trainer.
+    """
+    if not examples:
+        raise UserError("no turns to train on: the round's turns are empty")
+    if threads:
+        torch.set_num_threads(threads)
+    require_model_dir(model_path)
+    # Launchers (torchrun, accelerate launch) export WORLD_SIZE; the trainer's accelerator agrees with it.
+    _check_batch_layout(examples, world_batch_size(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+    started = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    bf16 = cuda if bf16 is None else bf16
+    tokenizer = load_tokenizer(model_path)
+    model = load_causal_lm(model_path, torch.device("cpu"), torch.float32)  # the Trainer places it
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with tempfile.TemporaryDirectory(prefix="sage-opd-trainer-") as scratch:
+        args = SFTConfig(
+            output_dir=scratch,
+            per_device_train_batch_size=cfg.per_device_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            learning_rate=cfg.learning_rate,
+            num_train_epochs=cfg.epochs,
+            max_grad_norm=cfg.max_grad_norm,
+            warmup_steps=cfg.warmup_ratio,
+            weight_decay=cfg.weight_decay,
+            logging_steps=cfg.logging_steps,
+            seed=seed,
+            save_strategy="no",
+            report_to="none",
+            remove_unused_columns=False,
+            max_length=None,
+            dataset_kwargs={"skip_prepare_dataset": True},
+            use_cpu=not cuda,
+            bf16=bf16,
+            activation_checkpointing=cuda,  # formerly `gradient_checkpointing` (deprecated alias)
+            dataloader_drop_last=False,
+        )
+        trainer = SageOPDTrainer(
+            model=model,
+            args=args,
+            data_collator=OPDCollator(pad_token_id),
+            train_dataset=datasets.Dataset.from_list(examples),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            train_config=cfg,
+        )
+        _check_batch_layout(examples, world_batch_size(cfg, trainer.accelerator.num_processes))
+        trainer.train()
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            with atomic_dir(output_dir) as tmp:
+                trainer.save_model(str(tmp))
+    losses_logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return TrainSummary(
+        steps=trainer.state.global_step,
+        final_loss=losses_logged[-1] if losses_logged else None,
+        mean_loss=sum(losses_logged) / len(losses_logged) if losses_logged else None,
+        seconds=time.perf_counter() - started,
+        log_history=list(trainer.state.log_history),
+        data_stats=dict(stats),
+    )
+
+
+def _check_batch_layout(examples: list[dict[str, Any]], world_batch: int) -> None:
+    """The weights were normalized per optimizer batch: refuse examples cut for another batch size."""
+    for position, example in enumerate(examples):
+        if example["batch_index"] != position // world_batch:
+            raise ValueError(
+                f"examples were built for another optimizer batch size than this trainer's {world_batch} rows "
+                "(per-device batch x gradient accumulation x processes): call build_examples with world_batch="
+                f"{world_batch}"
+            )

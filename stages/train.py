@@ -1,0 +1,28 @@
+"""`sage-opd train`: the round's turns and annotations update the student into `round-NNN/checkpoint/`."""
+
+from __future__ import annotations
+
+import typer
+
+from pipeline.train import TrainResult, run_train
+from stages.common import ConfigOpt, ForceOpt, RoundOpt, RunOpt, SetOpt, build_config, pick_round, user_errors
+
+
+def summary_line(result: TrainResult) -> str:
+    if not result.trained:
+        return f"train: already done ({result.steps} steps) -> {result.directory}"
+    loss = "n/a" if result.mean_loss is None else f"{result.mean_loss:.4f}"
+    stats = result.stats
+    return (
+        f"train: {result.steps} steps, mean loss {loss}, {stats.get('turns', 0)} turns "
+        f"({stats.get('skipped_turn_fraction', 0):.0%} skipped) in {result.seconds:.1f}s -> {result.directory}"
+    )
+
+
+@user_errors
+def train(
+    config: ConfigOpt = None, run: RunOpt = None, round_: RoundOpt = None, set_: SetOpt = None, force: ForceOpt = False
+) -> None:
+    """Train the student on the round's turns weighted by the teacher's annotations."""
+    cfg = build_config(config, run, set_)
+    typer.echo(summary_line(run_train(cfg, pick_round(cfg, round_), force)))

@@ -21,7 +21,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 STAGE_ARGS = --config $(CONFIG) $(if $(RUN),--run $(RUN)) $(if $(ROUND),--round $(ROUND)) $(ARGS)
 
-.PHONY: setup prepare test round rollout annotate eval inspect bench clean-runs
+.PHONY: setup prepare test round rollout annotate train eval inspect bench clean-runs
 
 setup: $(STAMP)
 
@@ -43,16 +43,18 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# The next round of the run: rollout -> annotate -> train -> eval, one line in rounds.jsonl.
 round: prepare
-	$(BIN)/sage-opd rollout $(STAGE_ARGS)
-	$(BIN)/sage-opd annotate $(STAGE_ARGS)
-	$(BIN)/sage-opd eval $(STAGE_ARGS)
+	$(BIN)/sage-opd round --config $(CONFIG) $(if $(RUN),--run $(RUN)) $(ARGS)
 
 rollout: prepare
 	$(BIN)/sage-opd rollout $(STAGE_ARGS)
 
 annotate: prepare
 	$(BIN)/sage-opd annotate $(STAGE_ARGS)
+
+train: prepare
+	$(BIN)/sage-opd train $(STAGE_ARGS)
 
 eval: prepare
 	$(BIN)/sage-opd eval $(STAGE_ARGS)

@@ -34,27 +34,31 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(scope="session")
+def small_settings(tiny_models) -> list[str]:
+    """Overrides that make every stage small and fast: the tiny models, few games, short episodes."""
+    return [
+        f"models.student={tiny_models['student']}",
+        f"models.teacher={tiny_models['teacher']}",
+        "env.max_steps=4",
+        "env.num_workers=2",
+        "sampling.max_new_tokens=12",
+        "sampling.batch_size=6",
+        "rollout.num_games=6",
+        "rollout.samples_per_game=1",
+        "rollout.episodes_per_shard=3",
+        "eval.splits=[valid_unseen]",
+        "eval.episodes_per_shard=3",
+        "runtime.threads=1",
+    ]
+
+
 @pytest.fixture
-def make_config(tmp_path, tiny_models):
+def make_config(tmp_path, small_settings):
     """A small, fast stage config writing under this test's tmp_path; extra `key=value` overrides win."""
 
     def build(*overrides: str) -> Config:
-        small = [
-            f"runs_dir={tmp_path / 'runs'}",
-            f"models.student={tiny_models['student']}",
-            f"models.teacher={tiny_models['teacher']}",
-            "env.max_steps=4",
-            "env.num_workers=2",
-            "sampling.max_new_tokens=12",
-            "sampling.batch_size=6",
-            "rollout.num_games=6",
-            "rollout.samples_per_game=1",
-            "rollout.episodes_per_shard=3",
-            "eval.splits=[valid_unseen]",
-            "eval.episodes_per_shard=3",
-            "runtime.threads=1",
-        ]
-        return load_config(DEFAULT_CONFIG, small + list(overrides))
+        return load_config(DEFAULT_CONFIG, [f"runs_dir={tmp_path / 'runs'}", *small_settings, *overrides])
 
     return build
 

@@ -77,25 +77,13 @@ def write_annotations(directory: Path, rows: list[dict], num_parts: int = 2) -> 
 
 
 @pytest.fixture(scope="module")
-def round_(tmp_path_factory, tiny_models) -> Round:
+def round_(tmp_path_factory, tiny_models, small_settings) -> Round:
     """One real rollout (module-wide: inspect only reads) and several annotation folders beside its turns."""
     root = tmp_path_factory.mktemp("inspect")
     student = Path(shutil.copytree(tiny_models["student"], root / "student"))
     config = load_config(
         REPO / "configs" / "default.yaml",
-        [
-            f"runs_dir={root / 'runs'}",
-            f"models.student={student}",
-            f"models.teacher={tiny_models['teacher']}",
-            "env.max_steps=4",
-            "env.num_workers=2",
-            "sampling.max_new_tokens=12",
-            "sampling.batch_size=6",
-            "rollout.num_games=6",
-            "rollout.samples_per_game=1",
-            "rollout.episodes_per_shard=3",
-            "runtime.threads=1",
-        ],
+        [f"runs_dir={root / 'runs'}", *small_settings, f"models.student={student}"],
     )
     turns_dir = run_rollout(config, 1).directory
     turns = read_stage(turns_dir, "turns").to_pandas().sort_values(["episode_id", "turn"], ignore_index=True)

@@ -76,3 +76,30 @@ def test_a_missing_teacher_is_built_with_the_students_tokenizer(tiny_models, mak
     assert prepare_tiny_models(config, force=False) == (["teacher"], ["student"])
     student_tok, teacher_tok = load_tokenizer(tiny_models["student"]), load_tokenizer(teacher)
     assert student_tok.get_vocab() == teacher_tok.get_vocab()
+
+
+def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_config, tmp_path):
+    import shutil
+
+    from pipeline.warm_start import SFT_RECORD, warm_start_models
+
+    models = {name: tmp_path / name for name in tiny_models}
+    for name, path in tiny_models.items():
+        shutil.copytree(path, models[name])
+    config = make_config(
+        f"models.student={models['student']}",
+        f"models.teacher={models['teacher']}",
+        "rollout.num_games=2",
+        "prepare.teacher_sft_epochs=2",
+        "prepare.student_sft_epochs=1",
+        "prepare.sft_batch_size=4",
+    )
+    records = warm_start_models(config)
+    teacher, student = records["teacher"], records["student"]
+    assert (teacher["games"], teacher["epochs"], student["epochs"]) == (2, 2.0, 1.0)
+    assert teacher["turns"] == student["turns"] > 0 and teacher["steps"] == 2 * student["steps"]
+    assert 0.0 <= teacher["greedy_success"] <= 1.0
+    stamp = (models["teacher"] / "model.safetensors").stat().st_mtime_ns
+    assert warm_start_models(config) == records  # recorded: nothing is trained again
+    assert (models["teacher"] / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (models["teacher"] / SFT_RECORD).is_file()

@@ -20,7 +20,7 @@ SMALL = ("rollout.num_games=3", "env.max_steps=3", "eval.splits=[valid_unseen]",
 
 @pytest.fixture
 def annotated(make_config):
-    config = make_config(*SMALL, "train.per_device_batch_size=4", "train.learning_rate=1e-3")
+    config = make_config(*SMALL, "train.per_device_batch_size=4", "train.learning_rate=1e-3", "train.epochs=1")
     run_rollout(config, 1)
     run_annotate(config, 1)
     return config
@@ -46,7 +46,9 @@ def test_train_skips_when_done_and_refuses_other_settings_until_forced(annotated
     stamp = weights.stat().st_mtime_ns
     again = run_train(annotated, 1)
     assert not again.trained and again.steps == first.steps and weights.stat().st_mtime_ns == stamp
-    other = make_config(*SMALL, "train.per_device_batch_size=4", "train.learning_rate=1e-3", "train.alpha=0.9")
+    other = make_config(
+        *SMALL, "train.per_device_batch_size=4", "train.learning_rate=1e-3", "train.epochs=1", "train.alpha=0.9"
+    )
     with pytest.raises(UserError, match="--force"):
         run_train(other, 1)
     assert run_train(other, 1, force=True).trained

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, L
 
 from pipeline.errors import UserError
 
+# Only passed when sampling: greedy decoding applies no warpers, and transformers warns about them.
 NEUTRAL_SAMPLING = dict(
     temperature=1.0,
     top_k=0,
@@ -143,7 +144,7 @@ class HFGenerator:
             max_new_tokens=max_new_tokens,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
-            **NEUTRAL_SAMPLING,
+            **(NEUTRAL_SAMPLING if temperature > 0 else {}),
         )
         new_tokens = output[:, input_ids.shape[1] :]
         logprobs = recorder.finish(new_tokens[:, -1]).cpu()

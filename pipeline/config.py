@@ -300,9 +300,6 @@ class Config:
             f"run must be a plain folder name, not {self.run!r}.",
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 # ----------------------------------------------------------------------------------------- loading
 

@@ -15,10 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipeline.atomic import write_json
-from pipeline.backends.hf import HFGenerator, load_causal_lm, load_tokenizer
+from pipeline.backends.hf import HFGenerator, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 from pipeline.config import Config, TrainConfig
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.episodes import EpisodeSpec, play_games
@@ -58,7 +56,8 @@ def expert_rows(config: Config, specs: list[EpisodeSpec], data_root: Path, token
 
 def greedy_success(config: Config, model: str, specs: list[EpisodeSpec], data_root: Path) -> float:
     tokenizer = load_tokenizer(model)
-    lm = load_causal_lm(model, torch.device("cpu"), torch.float32)
+    device = resolve_device(config.sampling.device)
+    lm = load_causal_lm(model, device, resolve_dtype(config.sampling.dtype, device))
     policy = LMPolicy("check", HFGenerator(lm, tokenizer), config.sampling, temperature=0.0)
     episodes = play(config, policy, tokenizer, specs, data_root)
     return sum(ep.won for ep in episodes) / len(episodes)

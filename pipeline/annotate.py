@@ -19,15 +19,8 @@ from typing import Any, Protocol
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.backends.hf import (
-    HFGenerator,
-    load_causal_lm,
-    load_tokenizer,
-    require_model_dir,
-    resolve_device,
-    resolve_dtype,
-)
-from pipeline.backends.hf_score import HFScorer
+from pipeline.backends.factory import Teacher, load_teacher, stage_backend
+from pipeline.backends.hf import load_tokenizer, require_model_dir
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.judges import Judgment, LikelihoodJudge, PromptJudge, RulesOnlyJudge, TurnJudge, judge_turns
@@ -96,20 +89,18 @@ class Annotator:
     """One teacher, one judge, one scorer: annotates lists of turn rows."""
 
     def __init__(self, config: Config, teacher_tokenizer) -> None:
-        settings = config.annotate
-        device = resolve_device(config.sampling.device)
-        model = load_causal_lm(config.models.teacher, device, resolve_dtype(config.sampling.dtype, device))
+        teacher = load_teacher(config, teacher_tokenizer)
         self.teacher = config.models.teacher
-        self.batch = settings.turns_per_batch
-        self.scorer = HFScorer(model, k=settings.topk, max_tokens_per_batch=settings.max_tokens_per_batch)
-        self.judge = self._build_judge(config, model, teacher_tokenizer)
+        self.batch = config.annotate.turns_per_batch
+        self.scorer = teacher.scorer
+        self.judge = self._build_judge(config, teacher, teacher_tokenizer)
 
-    def _build_judge(self, config: Config, model, tokenizer) -> TurnJudge:
+    def _build_judge(self, config: Config, teacher: Teacher, tokenizer) -> TurnJudge:
         settings = config.annotate
         if settings.judge == "likelihood":
-            return LikelihoodJudge(self.scorer, tokenizer, settings.strong_below, config.env.think)
+            return LikelihoodJudge(teacher.scorer, tokenizer, settings.strong_below, config.env.think)
         if settings.judge == "prompt":
-            return PromptJudge(HFGenerator(model, tokenizer), settings.judge_max_new_tokens, config.env.history)
+            return PromptJudge(teacher.generator, settings.judge_max_new_tokens, config.env.history)
         return RulesOnlyJudge()
 
     def annotate(
@@ -171,17 +162,18 @@ def run_annotate(
     if todo:
         if config.runtime.threads:
             torch.set_num_threads(config.runtime.threads)
-        annotator = Annotator(config, teacher_tokenizer)
-        if progress is not None:
-            progress.begin(sum(turns_manifest["parts"][part_name(i)]["rows"] for i in todo))
-        for index in todo:
-            tick = time.perf_counter()
-            rows = pq.read_table(turns_dir / part_name(index)).to_pylist()
-            annotations = annotator.annotate(rows, progress.advance if progress is not None else None)
-            writer.write_part(index, annotations, seconds=time.perf_counter() - tick)
-            result.parts_written += 1
-            result.turns += len(annotations)
-            result.labels.update(a["label"] for a in annotations)
-            result.sources.update(a["label_source"] for a in annotations)
+        with stage_backend(config):
+            annotator = Annotator(config, teacher_tokenizer)
+            if progress is not None:
+                progress.begin(sum(turns_manifest["parts"][part_name(i)]["rows"] for i in todo))
+            for index in todo:
+                tick = time.perf_counter()
+                rows = pq.read_table(turns_dir / part_name(index)).to_pylist()
+                annotations = annotator.annotate(rows, progress.advance if progress is not None else None)
+                writer.write_part(index, annotations, seconds=time.perf_counter() - tick)
+                result.parts_written += 1
+                result.turns += len(annotations)
+                result.labels.update(a["label"] for a in annotations)
+                result.sources.update(a["label_source"] for a in annotations)
     result.complete = writer.finalize()
     return result

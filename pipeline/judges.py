@@ -18,8 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pipeline.backends.hf import HFGenerator
-from pipeline.backends.hf_score import HFScorer
+from pipeline.backends.factory import Generator, Scorer
 from pipeline.envs.actions import NOTHING_HAPPENS
 from pipeline.envs.prompts import format_response, read_task
 
@@ -84,7 +83,7 @@ class LikelihoodJudge:
     teacher judges the action the student chose after thinking what it thought.
     """
 
-    def __init__(self, scorer: HFScorer, tokenizer, strong_below: float, think: bool) -> None:
+    def __init__(self, scorer: Scorer, tokenizer, strong_below: float, think: bool) -> None:
         self.scorer = scorer
         self.tokenizer = tokenizer
         self.strong_below = strong_below
@@ -151,7 +150,7 @@ def parse_judgment(text: str) -> str | None:
 class PromptJudge:
     """Asks the teacher for a word, greedily; an unusable answer is `strong` (fallback)."""
 
-    def __init__(self, generator: HFGenerator, max_new_tokens: int, history: int) -> None:
+    def __init__(self, generator: Generator, max_new_tokens: int, history: int) -> None:
         self.generator = generator
         self.max_new_tokens = max_new_tokens
         self.history = history

@@ -17,15 +17,9 @@ from typing import Any, Protocol
 import torch
 
 from pipeline.atomic import write_json
-from pipeline.backends.hf import (
-    HFGenerator,
-    load_causal_lm,
-    load_tokenizer,
-    require_model_dir,
-    resolve_device,
-    resolve_dtype,
-)
-from pipeline.config import Config, PlayConfig
+from pipeline.backends.factory import load_generator, stage_backend
+from pipeline.backends.hf import load_tokenizer, require_model_dir
+from pipeline.config import ENGINE_SETTINGS, Config, PlayConfig
 from pipeline.envs.games import discover_games, resolve_data_root, select_games
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.workers import EnvPool
@@ -178,7 +172,7 @@ def _run_play(
     result = StageResult(directory, parts_skipped=len(mine) - len(todo))
     if todo:
         base = {"run": config.run, "round": round_, "policy": policy.label}
-        with EnvPool(config.env.num_workers, str(data_root.resolve())) as pool:
+        with EnvPool(config.env.num_workers, str(data_root.resolve())) as pool, stage_backend(config):
             runner = _build_runner(config, policy, temperature, pool)
             if progress is not None:
                 progress.begin(sum(len(parts[i]) for i in todo))
@@ -214,7 +208,8 @@ def _work_config(
     env = asdict(config.env)
     env.pop("num_workers")
     sampling = asdict(config.sampling)
-    sampling.pop("device")
+    for name in ("device", *ENGINE_SETTINGS):
+        sampling.pop(name)
     return {
         "run": config.run,
         "round": round_,
@@ -233,8 +228,6 @@ def _tokenizer_path(config: Config, policy: ResolvedPolicy) -> str:
 
 
 def _build_runner(config: Config, policy: ResolvedPolicy, temperature: float, pool: EnvPool) -> EpisodeRunner:
-    if config.sampling.backend != "hf":
-        raise UserError(f"sampling.backend={config.sampling.backend} is not available yet; use hf")
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
     tokenizer = load_tokenizer(_tokenizer_path(config, policy))
@@ -242,9 +235,8 @@ def _build_runner(config: Config, policy: ResolvedPolicy, temperature: float, po
     if policy.model is None:
         actor = ExpertPolicy(tokenizer, think=config.env.think)
     else:
-        device = resolve_device(config.sampling.device)
-        model = load_causal_lm(policy.model, device, resolve_dtype(config.sampling.dtype, device))
-        actor = LMPolicy(policy.label, HFGenerator(model, tokenizer), config.sampling, temperature)
+        generator = load_generator(config, policy.model, tokenizer)
+        actor = LMPolicy(policy.label, generator, config.sampling, temperature)
     return EpisodeRunner(
         actor,
         PromptRenderer(tokenizer, config.env.think),

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from pipeline.backends.hf_score import HFScorer
 
 from pipeline.backends.hf import Generation, load_causal_lm, load_tokenizer
+from pipeline.backends.hf_score import HFScorer
 from pipeline.envs.prompts import PromptRenderer, TurnView, format_response
 from pipeline.judges import (
     Judgment,

@@ -127,7 +127,7 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.stop_ids = _stop_ids(model, tokenizer)
+        self.stop_ids = stop_ids(model.generation_config, tokenizer)
 
     @torch.inference_mode()
     def generate(
@@ -148,7 +148,10 @@ class HFGenerator:
         )
         new_tokens = output[:, input_ids.shape[1] :]
         logprobs = recorder.finish(new_tokens[:, -1]).cpu()
-        return [self._trim(row.tolist(), lp.tolist()) for row, lp in zip(new_tokens.cpu(), logprobs, strict=True)]
+        return [
+            trim_response(self.tokenizer, self.stop_ids, row.tolist(), lp.tolist())
+            for row, lp in zip(new_tokens.cpu(), logprobs, strict=True)
+        ]
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
@@ -159,17 +162,17 @@ class HFGenerator:
             mask[row, width - len(prompt) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _trim(self, tokens: list[int], logprobs: list[float]) -> Generation:
-        """Cut after the first stop token (kept: the model must learn to end its turn)."""
-        end = next((i + 1 for i, tok in enumerate(tokens) if tok in self.stop_ids), len(tokens))
-        ids = tokens[:end]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return Generation(ids=ids, text=text, logprobs=logprobs[:end])
+
+def trim_response(tokenizer, stop: list[int], tokens: list[int], logprobs: list[float]) -> Generation:
+    """Cut after the first stop token (kept: the model must learn to end its turn); every backend's last step."""
+    end = next((i + 1 for i, tok in enumerate(tokens) if tok in stop), len(tokens))
+    ids = tokens[:end]
+    return Generation(ids=ids, text=tokenizer.decode(ids, skip_special_tokens=True), logprobs=logprobs[:end])
 
 
-def _stop_ids(model, tokenizer) -> list[int]:
+def stop_ids(generation_config, tokenizer) -> list[int]:
     """End-of-turn ids: the tokenizer's eos plus whatever the checkpoint's generation_config lists."""
-    configured = model.generation_config.eos_token_id
+    configured = generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)

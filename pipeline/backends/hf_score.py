@@ -79,9 +79,8 @@ class HFScorer:
     @torch.inference_mode()
     def score(self, items: list[tuple[list[int], list[int]]]) -> list[TokenScores]:
         """Teacher log-probs, top-k and confidence of every response token; items are (prompt_ids, response_ids)."""
-        for number, (prompt, _) in enumerate(items):
-            _require_prompt(prompt, f"score: item {number}")
-        results = [self._empty_scores() for _ in items]
+        require_prompts(items)
+        results = [empty_scores(self.k) for _ in items]
         active = [i for i, (_, response) in enumerate(items) if response]
         for group in pack_batches([len(items[i][0]) + len(items[i][1]) for i in active], self.max_tokens_per_batch):
             batch = [active[g] for g in group]
@@ -94,9 +93,7 @@ class HFScorer:
         """Length-normalized log-prob of each candidate continuation: Σ_j log π(c_j | prompt, c_<j) / len(c)."""
         if not candidates:
             return []
-        _require_prompt(prompt_ids, "action_scores")
-        if empty := [i for i, c in enumerate(candidates) if not c]:
-            raise ValueError(f"candidate(s) {empty} are empty; an action needs at least one token to be scored.")
+        require_candidates(prompt_ids, candidates)
         prompt = self.body(input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True)
         first = torch.log_softmax(self.head(prompt.last_hidden_state[0, -1:]).float(), dim=-1)[0]
         totals = first[torch.tensor([c[0] for c in candidates], device=self.device)]
@@ -108,12 +105,6 @@ class HFScorer:
             totals[group] += rest
         sizes = torch.tensor([len(c) for c in candidates], device=self.device)
         return (totals / sizes).tolist()
-
-    def _empty_scores(self) -> TokenScores:
-        """The scores of an empty response: arrays of shape [0] and [0, k]."""
-        return _token_scores(
-            np.zeros(0, np.float32), np.zeros((0, self.k), np.int32), np.zeros((0, self.k), np.float32)
-        )
 
     def _score_batch(self, items: list[tuple[list[int], list[int]]]) -> list[TokenScores]:
         """One body pass over a right-padded batch; the head only where a response token is predicted."""
@@ -129,7 +120,7 @@ class HFScorer:
             top_ids.append(indices.to(torch.int32))
         ends = np.cumsum([len(response) for _, response in items])[:-1]
         columns = [torch.cat(parts).cpu().numpy() for parts in (sampled, top_ids, top_logprobs)]
-        return [_token_scores(*parts) for parts in zip(*(np.split(c, ends) for c in columns), strict=True)]
+        return [token_scores(*parts) for parts in zip(*(np.split(c, ends) for c in columns), strict=True)]
 
     def _continuation_logprobs(self, prompt_cache, prompt_len: int, candidates: list[list[int]]) -> torch.Tensor:
         """Σ_{j≥1} log π(c_j | prompt, c_<j) per candidate, continuing one batch from a copy of the prompt cache."""
@@ -189,9 +180,27 @@ def _prediction_sites(
     return tuple(torch.tensor(values, dtype=torch.long, device=device) for values in (row_ids, positions, targets))
 
 
-def _token_scores(sampled: np.ndarray, top_ids: np.ndarray, top_logprobs: np.ndarray) -> TokenScores:
-    """One response's arrays, with the confidence derived from the top-1 log-prob."""
+def token_scores(sampled: np.ndarray, top_ids: np.ndarray, top_logprobs: np.ndarray) -> TokenScores:
+    """One response's arrays, with the confidence derived from the top-1 log-prob (shared by every backend)."""
     return TokenScores(sampled, top_ids, top_logprobs, confidence=np.exp(top_logprobs[:, 0]))
+
+
+def empty_scores(k: int) -> TokenScores:
+    """The scores of an empty response: arrays of shape [0] and [0, k]."""
+    return token_scores(np.zeros(0, np.float32), np.zeros((0, k), np.int32), np.zeros((0, k), np.float32))
+
+
+def require_prompts(items: Sequence[tuple[list[int], list[int]]]) -> None:
+    """Scoring's input check, the same under every backend: each (prompt, response) item needs a prompt."""
+    for number, (prompt, _) in enumerate(items):
+        _require_prompt(prompt, f"score: item {number}")
+
+
+def require_candidates(prompt_ids: list[int], candidates: list[list[int]]) -> None:
+    """Action scoring's input check, the same under every backend: a prompt and no empty candidate."""
+    _require_prompt(prompt_ids, "action_scores")
+    if empty := [i for i, c in enumerate(candidates) if not c]:
+        raise ValueError(f"candidate(s) {empty} are empty; an action needs at least one token to be scored.")
 
 
 def _require_prompt(prompt: list[int], where: str) -> None:

@@ -1,0 +1,83 @@
+"""The one place that reads `sampling.backend`: stages ask for a generator or a teacher, never for a backend.
+
+A `Generator` samples responses (rollout, eval, the prompt judge); a `Teacher` is a scorer and a
+generator on one loaded model (annotate: per-token scores, the likelihood and prompt judges). `hf`
+loads the checkpoint with transformers; `vllm` uses the process's engine for the model and is imported
+only when chosen, so nothing else needs vLLM installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipeline.backends.hf import Generation, HFGenerator, load_causal_lm, resolve_device, resolve_dtype
+from pipeline.backends.hf_score import HFScorer, TokenScores
+from pipeline.config import Config
+
+
+class Generator(Protocol):
+    tokenizer: Any
+
+    def generate(
+        self, prompts: list[list[int]], *, temperature: float, top_p: float, max_new_tokens: int, seed: int
+    ) -> list[Generation]:
+        """One response per prompt (token ids); the same `seed` and batch give the same responses."""
+        ...
+
+
+class Scorer(Protocol):
+    def score(self, items: list[tuple[list[int], list[int]]]) -> list[TokenScores]:
+        """Teacher log-probs, top-k and confidence of each (prompt_ids, response_ids) item's response tokens."""
+        ...
+
+    def action_scores(self, prompt_ids: list[int], candidates: list[list[int]]) -> list[float]:
+        """Length-normalized log-prob of each candidate continuation of the prompt."""
+        ...
+
+
+@dataclass
+class Teacher:
+    scorer: Scorer
+    generator: Generator
+
+
+def load_generator(config: Config, model: str, tokenizer) -> Generator:
+    """A generator for the checkpoint folder `model` on the configured backend."""
+    if config.sampling.backend == "vllm":
+        from pipeline.backends.vllm import VLLMGenerator, engine_for
+
+        return VLLMGenerator(engine_for(config, model), tokenizer, model)
+    return HFGenerator(_load_hf_model(config, model), tokenizer)
+
+
+def load_teacher(config: Config, tokenizer) -> Teacher:
+    """`models.teacher` loaded once, its scorer and generator sharing the model (or the engine)."""
+    model, settings = config.models.teacher, config.annotate
+    if config.sampling.backend == "vllm":
+        from pipeline.backends.vllm import VLLMGenerator, VLLMScorer, engine_for
+
+        engine = engine_for(config, model)
+        return Teacher(VLLMScorer(engine, k=settings.topk), VLLMGenerator(engine, tokenizer, model))
+    loaded = _load_hf_model(config, model)
+    scorer = HFScorer(loaded, k=settings.topk, max_tokens_per_batch=settings.max_tokens_per_batch)
+    return Teacher(scorer, HFGenerator(loaded, tokenizer))
+
+
+@contextmanager
+def stage_backend(config: Config) -> Iterator[None]:
+    """A stage's models live inside: vLLM engines it started are shut down at the end (hf models are just freed)."""
+    if config.sampling.backend != "vllm":
+        yield
+        return
+    from pipeline.backends.vllm import stage_engines
+
+    with stage_engines():
+        yield
+
+
+def _load_hf_model(config: Config, model: str):
+    device = resolve_device(config.sampling.device)
+    return load_causal_lm(model, device, resolve_dtype(config.sampling.dtype, device))

@@ -10,6 +10,7 @@ from stages.common import set_offline_defaults
 from stages.evaluate import evaluate
 from stages.inspect import inspect
 from stages.prepare import prepare
+from stages.report import report
 from stages.rollout import rollout
 from stages.round import round_
 from stages.train import train
@@ -27,6 +28,7 @@ app.command("annotate")(annotate)
 app.command("train")(train)
 app.command("round")(round_)
 app.command("inspect")(inspect)
+app.command("report")(report)
 
 
 def main() -> None:

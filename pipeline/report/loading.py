@@ -1,0 +1,145 @@
+"""Reading runs for a report: every number a report shows comes from the frames loaded here, once.
+
+A report must show what is on disk and nothing else. A stage that was never run contributes no rows;
+one that exists but cannot be trusted (incomplete, corrupt, another schema) contributes no rows and a
+line in `notes`. Tables and figures then show that round as missing, never as zero. Shards go through
+`read_stage`, which verifies every part's hash, so a report never rests on a half-written shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import UserError
+from pipeline.play import EPISODES_DIR
+from pipeline.rounds import recorded_rounds
+from pipeline.runs import RunLayout, eval_dir_name
+from pipeline.schema import EVAL_SCHEMA
+from pipeline.shards import read_stage
+from pipeline.train import read_record
+
+REFERENCE_POLICIES = ("teacher", "expert")
+INITIAL_ROUND = 0  # the student before any training; `round` evaluates it inside round 1
+ANNOTATION_COLUMNS = ["episode_id", "turn", "label", "confidence"]
+
+
+@dataclass
+class RunData:
+    """One run as a report sees it.
+
+    `evals`: eval episode rows (the eval schema) where `round` is the round whose student played
+    (0 = the initial student) and `policy` is student | teacher | expert; a reference policy keeps the
+    round folder it was found in. `annotations`: one row per annotated turn (round, episode_id, turn,
+    label, per-token confidence). `training`: one row per logged optimizer step (round, step, loss and
+    the trainer's other logged numbers). `trained_turns`: turns trained on, per round. `log`: the
+    rounds.jsonl line of each finished round.
+    """
+
+    name: str
+    rounds: list[int]
+    log: dict[int, dict[str, Any]]
+    evals: pd.DataFrame
+    annotations: pd.DataFrame
+    training: pd.DataFrame
+    trained_turns: dict[int, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def load_runs(runs_dir: Path, names: Sequence[str], annotations: str = "annotations") -> list[RunData]:
+    """The named runs of `runs_dir`, in the order given; UserError for a run that is not there or is empty."""
+    if not names:
+        raise UserError("name at least one run to report on (--run NAME)")
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise UserError(f"run(s) {', '.join(repeated)} named more than once")
+    for name in names:
+        if not (runs_dir / name).is_dir():
+            raise UserError(f"no run {name!r} in {runs_dir} ({runs_there(runs_dir)})")
+    return [load_run(RunLayout(runs_dir / name), annotations) for name in names]
+
+
+def runs_there(runs_dir: Path) -> str:
+    """The runs of `runs_dir` (folders holding a round), for a message about a name that is not one of them."""
+    names = sorted(path.name for path in runs_dir.iterdir() if RunLayout(path).rounds()) if runs_dir.is_dir() else []
+    return f"runs there: {', '.join(names) or 'none'}"
+
+
+def load_run(layout: RunLayout, annotations: str = "annotations") -> RunData:
+    """Every round that has a folder or a rounds.jsonl line, with what each of its stages left on disk."""
+    name = layout.root.name
+    log = {entry["round"]: entry for entry in recorded_rounds(layout)}
+    rounds = sorted(set(layout.rounds()) | set(log))
+    if not rounds:
+        raise UserError(f"run {name!r} in {layout.root} has no rounds yet: run `sage-opd round --run {name}` first")
+    notes: list[str] = []
+    evals: list[pd.DataFrame] = []
+    annotated: list[pd.DataFrame] = []
+    steps: list[dict[str, Any]] = []
+    trained_turns: dict[int, int] = {}
+    for round_ in rounds:
+        evals.append(_eval_rows(layout.stage_dir(round_, "eval"), round_, "student", notes))
+        labelled = _read_or_note(layout.stage_dir(round_, annotations), "annotations", notes, ANNOTATION_COLUMNS)
+        if labelled is not None:
+            annotated.append(labelled.assign(round=round_))
+        record = read_record(layout.stage_dir(round_, "checkpoint"))
+        if record is not None:
+            trained_turns[round_] = record["stats"]["turns"]
+            steps += [{"round": round_, **entry} for entry in record["log_history"] if "loss" in entry]
+    evals.append(_initial_student_rows(layout, notes))
+    for policy in REFERENCE_POLICIES:
+        evals.append(_newest_reference(layout, rounds, policy, notes))
+    return RunData(
+        name=name,
+        rounds=rounds,
+        log=log,
+        evals=_concat([frame.assign(run=name) for frame in evals if frame is not None], EVAL_SCHEMA.names),
+        annotations=_concat(annotated, ["round", *ANNOTATION_COLUMNS]),
+        training=_concat([pd.DataFrame(steps)] if steps else [], ["round", "step", "loss"]),
+        trained_turns=trained_turns,
+        notes=notes,
+    )
+
+
+def _initial_student_rows(layout: RunLayout, notes: list[str]) -> pd.DataFrame | None:
+    """`round` evaluates the initial student in round 1, in `eval-<its folder name>`; round 1's training
+    record names that folder (the student it started from)."""
+    record = read_record(layout.stage_dir(1, "checkpoint"))
+    if record is None:
+        return None
+    return _eval_rows(layout.stage_dir(1, eval_dir_name(record["student"])), INITIAL_ROUND, "student", notes)
+
+
+def _newest_reference(layout: RunLayout, rounds: list[int], policy: str, notes: list[str]) -> pd.DataFrame | None:
+    """The newest round's eval of a fixed policy (teacher, expert): it does not change between rounds."""
+    for round_ in reversed(rounds):
+        rows = _eval_rows(layout.stage_dir(round_, eval_dir_name(policy)), round_, policy, notes)
+        if rows is not None:
+            return rows
+    return None
+
+
+def _eval_rows(directory: Path, round_: int, policy: str, notes: list[str]) -> pd.DataFrame | None:
+    rows = _read_or_note(directory / EPISODES_DIR, "eval", notes)
+    return None if rows is None else rows.assign(round=round_, policy=policy)
+
+
+def _read_or_note(
+    directory: Path, stage: str, notes: list[str], columns: list[str] | None = None
+) -> pd.DataFrame | None:
+    """The stage's rows; None when it was never run here, or (with a note saying why) when it cannot be trusted."""
+    if not directory.is_dir():
+        return None
+    try:
+        return read_stage(directory, stage, columns=columns).to_pandas()
+    except UserError as err:
+        notes.append(f"left out: {err}")
+        return None
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [frame for frame in frames if not frame.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

@@ -1,0 +1,94 @@
+"""Success and action rates from eval episode rows, per run, policy, round, split and task type.
+
+The rates come from `pipeline.evaluation.summarize`, the function that writes every eval's
+summary.json, so a report never disagrees with the eval stage about what a rate means. Beside each rate
+this keeps what it rests on (episodes, games, and a fingerprint of the exact set of episodes), so that
+tables and figures can say when two numbers were measured on different games.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.envs.games import MINI_SPLITS
+from pipeline.evaluation import summarize
+from pipeline.shards import fingerprint
+
+OVERALL = "overall"  # the split value of a row that pools every evaluated split, as summary.json does
+ALL_TASKS = "all"  # the task_type value of a row that pools every task type
+RATES = ("success", "invalid_action_rate", "repeated_action_rate")
+COLUMNS = ["run", "policy", "round", "split", "task_type", "episodes", "games", *RATES, "episode_set", "splits"]
+
+
+def eval_metrics(evals: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, policy, round, split, task_type), with the COLUMNS above.
+
+    `split` OVERALL pools the splits and `task_type` ALL pools the task types; a task type without
+    episodes has no row (rather than a 0% row). Rates with nothing to count over are NaN.
+    """
+    records: list[dict[str, Any]] = []
+    for (run, policy, round_), played in evals.groupby(["run", "policy", "round"], sort=True):
+        summary = summarize(played.to_dict("records"))
+        key = {"run": run, "policy": policy, "round": int(round_)}
+        records.append({**key, **_measured(OVERALL, ALL_TASKS, summary["overall"], played)})
+        for split, block in summary["splits"].items():
+            in_split = played[played["split"] == split]
+            records.append({**key, **_measured(split, ALL_TASKS, block, in_split)})
+            for task_type, task_block in block["task_types"].items():
+                of_type = in_split[in_split["task_type"] == task_type]
+                records.append({**key, **_measured(split, task_type, task_block, of_type)})
+    frame = pd.DataFrame(records, columns=COLUMNS)
+    return frame.astype({rate: float for rate in RATES})
+
+
+def _measured(split: str, task_type: str, block: dict[str, Any], played: pd.DataFrame) -> dict[str, Any]:
+    episode_keys = sorted(played["split"] + "/" + played["episode_id"])
+    return {
+        "split": split,
+        "task_type": task_type,
+        "episodes": block["episodes"],
+        "games": len(played[["split", "game"]].drop_duplicates()),
+        **{rate: np.nan if block[rate] is None else block[rate] for rate in RATES},
+        "episode_set": fingerprint(episode_keys),
+        "splits": "+".join(split_order(played["split"].unique())),
+    }
+
+
+def split_order(splits: Iterable[str]) -> list[str]:
+    """OVERALL first, then ALFWorld's train, valid_seen, valid_unseen, then any other split by name."""
+    known = [OVERALL, *MINI_SPLITS]
+    unique = set(splits)
+    return [s for s in known if s in unique] + sorted(unique - set(known))
+
+
+def student_rounds(metrics: pd.DataFrame, run: str, split: str, column: str = "success") -> pd.Series:
+    """A run's student value per round for one split (all task types), indexed by round."""
+    rows = metrics[
+        (metrics["run"] == run)
+        & (metrics["policy"] == "student")
+        & (metrics["split"] == split)
+        & (metrics["task_type"] == ALL_TASKS)
+    ]
+    return rows.set_index("round")[column].sort_index()
+
+
+def wilson_interval(successes: np.ndarray, episodes: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% Wilson score interval of success rates (low, high).
+
+    Unlike ±1.96·SE it stays inside [0, 1] and does not shrink to nothing at 0% or 100%, which matters
+    with the few dozen episodes an eval split often has.
+    """
+    n = np.asarray(episodes, dtype=float)
+    p = np.asarray(successes, dtype=float)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def relative_improvement(value: float, baseline: float) -> float:
+    """(value − baseline) / baseline, as papers report "+13.3% relative"; NaN when the baseline is 0."""
+    return (value - baseline) / baseline if baseline else float("nan")

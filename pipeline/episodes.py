@@ -49,6 +49,7 @@ class Episode:
     task: str = ""
     observation: str = ""
     admissible: list[str] = field(default_factory=list)
+    planner_action: str | None = None  # only when the pool plans (EnvPool(plan=True))
     turns: list[dict] = field(default_factory=list)
     seen: set[tuple[str, str]] = field(default_factory=set)
     won: bool = False
@@ -131,13 +132,20 @@ class EpisodeRunner:
     def _start(self, spec: EpisodeSpec, result: EnvStep | EnvFailure) -> Episode:
         if isinstance(result, EnvFailure):
             return Episode(spec, finished=True, error=result.error)
-        return Episode(spec, task=result.task, observation=result.observation, admissible=result.admissible)
+        return Episode(
+            spec,
+            task=result.task,
+            observation=result.observation,
+            admissible=result.admissible,
+            planner_action=result.planner_action,
+        )
 
     def _act(self, active: dict[int, Episode], seed: int) -> dict[int, str]:
         """One batched policy call; the parsed turn waits in `ep.turns` for the env's feedback."""
         rendered = {slot: self.renderer.render(ep.view(self.history, self.max_steps)) for slot, ep in active.items()}
         requests = [
-            TurnRequest(ids, active[slot].spec.game, len(active[slot].turns)) for slot, (_, ids) in rendered.items()
+            TurnRequest(ids, ep.spec.game, len(ep.turns), tuple(ep.admissible), ep.planner_action)
+            for ep, (_, ids) in ((active[slot], item) for slot, item in rendered.items())
         ]
         tick = time.perf_counter()
         responses = self.policy.act(requests, seed)
@@ -174,6 +182,7 @@ class EpisodeRunner:
             ep.error, ep.finished = result.error, True
             return
         ep.observation, ep.admissible = result.observation, result.admissible
+        ep.planner_action = result.planner_action
         ep.won = result.won
         ep.finished = result.done or len(ep.turns) >= self.max_steps
         turn.update(feedback=result.observation, done=ep.finished, won=result.won, error=None)
@@ -195,9 +204,13 @@ def play_games(
     history: int,
     think: bool,
     seed: int = 0,
+    plan: bool = False,
 ) -> list[Episode]:
-    """Play a list of episodes in one batch with a fresh worker pool (prepare's corpus and checks)."""
-    with EnvPool(num_workers, data_root) as pool:
+    """Play a list of episodes in one batch with a fresh worker pool (prepare's corpus and checks).
+
+    `plan` runs the planner in the environments, for policies that need its action (`PlannerPolicy`).
+    """
+    with EnvPool(num_workers, data_root, plan=plan) as pool:
         runner = EpisodeRunner(
             policy, renderer, pool, batch_size=len(specs), max_steps=max_steps, history=history, think=think
         )

@@ -1,17 +1,21 @@
 """Policies: who chooses the action at each turn.
 
-`ExpertPolicy` replays the game's walkthrough (an ALFWorld expert solution); `LMPolicy` samples from
-a language model through a backend. Both answer a batch of turns at once and return the same record,
-so rollout and eval never care which one is playing. Expert responses are written in the prompt's
-response format and tokenized with the run's tokenizer, so expert turns can be trained on (SFT).
+`ExpertPolicy` replays the game's walkthrough (an ALFWorld expert solution); `NoisyPlannerPolicy`
+follows the planner from whatever state it is in, with random detours (DAgger-style data for the tiny
+teacher); `LMPolicy` samples from a language model through a backend. All answer a batch of turns at
+once and return the same record, so rollout and eval never care which one is playing. Expert
+responses are written in the prompt's response format and tokenized with the run's tokenizer, so expert
+turns can be trained on (SFT).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipeline.backends.hf import Generation, HFGenerator
+from pipeline.backends.factory import Generator
+from pipeline.backends.hf import Generation
 from pipeline.config import SamplingConfig
 from pipeline.envs.games import Game
 from pipeline.envs.prompts import format_response
@@ -19,11 +23,13 @@ from pipeline.envs.prompts import format_response
 
 @dataclass(frozen=True)
 class TurnRequest:
-    """One turn to answer: the rendered prompt, plus the game and turn index (for the expert)."""
+    """One turn to answer: the rendered prompt, plus what the experts read (game, turn, state's plan)."""
 
     prompt_ids: list[int]
     game: Game
     turn: int
+    admissible: tuple[str, ...] = ()
+    planner_action: str | None = None  # the planner's next command from this state, when the env plans
 
 
 class Policy(Protocol):
@@ -53,15 +59,64 @@ class ExpertPolicy:
     def _respond(self, request: TurnRequest) -> Generation:
         walkthrough = request.game.walkthrough
         action = walkthrough[request.turn] if request.turn < len(walkthrough) else "look"
-        text = format_response(action, self.reasoning)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-        return Generation(ids=ids, text=text, logprobs=[0.0] * len(ids))
+        return answer(self.tokenizer, action, self.reasoning)
+
+
+def answer(tokenizer, action: str, reasoning: str | None) -> Generation:
+    """A deterministic response naming `action`, in the prompt's format, ending with the end token (log-prob 0)."""
+    text = format_response(action, reasoning)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return Generation(ids=ids, text=text, logprobs=[0.0] * len(ids))
+
+
+class NoisyPlannerPolicy:
+    """Follows the planner from any state, with a random detour at each turn with probability `epsilon`.
+
+    An expert that only ever saw the walkthrough's states has nothing sensible to say once a student
+    strays from them, and a student's own states stray all the time. This policy's episodes leave the
+    expert path and come back (the planner replans from wherever it is), and every state it visits is
+    recorded in `demonstrations` with the planner's action there, as (prompt ids, response): DAgger's
+    data, what the tiny teacher learns from. A detour is, with even odds, a random admissible action
+    (a wrong turn) or a walkthrough command that is not admissible here (a student running ahead of
+    itself: "Nothing happens."), the two mistakes students make. Needs an env that plans
+    (`play_games(..., plan=True)`).
+    """
+
+    name = "noisy-planner"
+
+    def __init__(self, tokenizer, think: bool, epsilon: float) -> None:
+        if not 0 <= epsilon <= 1:
+            raise ValueError(f"epsilon must be in [0, 1], not {epsilon}.")
+        self.tokenizer = tokenizer
+        self.reasoning = "" if think else None
+        self.epsilon = epsilon
+        self.demonstrations: list[tuple[list[int], Generation]] = []
+
+    def act(self, requests: list[TurnRequest], seed: int) -> list[Generation]:
+        rng = random.Random(seed)
+        responses = []
+        for request in requests:
+            if request.planner_action is None:
+                raise ValueError("NoisyPlannerPolicy needs the planner's action: play with an env that plans")
+            expert = answer(self.tokenizer, request.planner_action, self.reasoning)
+            self.demonstrations.append((list(request.prompt_ids), expert))
+            if rng.random() < self.epsilon:
+                expert = answer(self.tokenizer, self._detour(request, rng), self.reasoning)
+            responses.append(expert)
+        return responses
+
+    @staticmethod
+    def _detour(request: TurnRequest, rng: random.Random) -> str:
+        ahead = [command for command in request.game.walkthrough if command not in request.admissible]
+        if ahead and (rng.random() < 0.5 or not request.admissible):
+            return rng.choice(ahead)
+        return rng.choice(request.admissible) if request.admissible else "look"
 
 
 class LMPolicy:
     """Samples responses from a causal LM (student, teacher or any checkpoint folder)."""
 
-    def __init__(self, name: str, generator: HFGenerator, sampling: SamplingConfig, temperature: float) -> None:
+    def __init__(self, name: str, generator: Generator, sampling: SamplingConfig, temperature: float) -> None:
         self.name = name
         self.generator = generator
         self.sampling = sampling

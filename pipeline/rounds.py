@@ -50,6 +50,10 @@ def success(summary: dict[str, Any] | None) -> float | None:
     return None if summary is None else summary["overall"]["success"]
 
 
+def success_by_split(summary: dict[str, Any] | None) -> dict[str, float | None]:
+    return {split: block["success"] for split, block in (summary or {}).get("splits", {}).items()}
+
+
 def run_round(config: Config, progress_for=None) -> dict[str, Any]:
     """Run (or finish) the next round; returns the line it appended to rounds.jsonl.
 
@@ -74,7 +78,7 @@ def run_round(config: Config, progress_for=None) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "round": round_,
         "student_success": success(evaluation.summary),
-        "success_by_split": {k: v["success"] for k, v in (evaluation.summary or {}).get("splits", {}).items()},
+        "success_by_split": success_by_split(evaluation.summary),
         "rollout_success": rollout_success(layout, round_),
         "labels": dict(annotate.labels) if annotate else None,
         "train_loss": train.mean_loss,
@@ -85,6 +89,7 @@ def run_round(config: Config, progress_for=None) -> dict[str, Any]:
         initial = replace(config, eval=replace(config.eval, policy=config.models.student))
         baseline = timed("eval-initial", lambda bar: run_eval(initial, round_, progress=bar))
         entry["initial_success"] = success(baseline.summary)
+        entry["initial_success_by_split"] = success_by_split(baseline.summary)
     append_round(layout, entry)
     return entry
 

@@ -113,3 +113,53 @@ def test_a_game_that_breaks_mid_run_is_a_failed_episode_with_its_error(tiny_mode
     episodes, _ = play_expert([good[0], broken, good[1]], tokenizer, MINI_DATA)
     assert [ep.won for ep in episodes] == [True, False, True]
     assert episodes[1].error.startswith("reset failed:") and episodes[1].turns == []
+
+
+def test_a_planning_game_names_an_expert_action_from_any_state(monkeypatch):
+    """The planner answers from states off the walkthrough too: after a detour its plan still wins."""
+    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
+    game = discover_games(MINI_DATA, "train")[0]
+    assert AlfWorldGame(str(game.path)).reset().planner_action is None  # no planner unless asked
+    env = AlfWorldGame(str(game.path), plan=True)
+    state = env.reset()
+    assert state.planner_action == game.walkthrough[0]
+    detour = next(a for a in state.admissible if a.startswith("go to") and a != game.walkthrough[0])
+    state = env.step(detour)
+    for _ in range(3 * len(game.walkthrough)):
+        assert state.planner_action in state.admissible
+        state = env.step(state.planner_action)
+        if state.won:
+            break
+    assert state.won and state.planner_action is None  # nothing left to plan once won
+    env.close()
+
+
+def test_the_noisy_planner_records_the_planner_action_of_every_state_it_visits(tiny_models):
+    from pipeline.episodes import play_games
+    from pipeline.policies import NoisyPlannerPolicy
+
+    tokenizer = load_tokenizer(tiny_models["student"])
+    games = discover_games(MINI_DATA, "train")[:2]
+    specs = [EpisodeSpec(g, s) for g in games for s in range(2)]
+
+    def play(epsilon: float):
+        policy = NoisyPlannerPolicy(tokenizer, think=False, epsilon=epsilon)
+        episodes = play_games(
+            policy, PromptRenderer(tokenizer, False), specs, str(MINI_DATA),
+            num_workers=2, max_steps=12, history=2, think=False, plan=True,
+        )  # fmt: skip
+        return policy, episodes
+
+    clean, episodes = play(0.0)
+    assert all(ep.won for ep in episodes)  # the planner alone wins every game
+    assert len(clean.demonstrations) == sum(len(ep.turns) for ep in episodes)
+    played = sorted((tuple(t["prompt_ids"]), t["response_text"]) for ep in episodes for t in ep.turns)
+    assert sorted((tuple(p), r.text) for p, r in clean.demonstrations) == played  # recorded turn by turn, batched
+    noisy, episodes = play(1.0)  # every action random; the labels are still the planner's
+    played = [t["prompt_ids"] for ep in episodes for t in ep.turns]
+    assert sorted(map(tuple, played)) == sorted(tuple(p) for p, _ in noisy.demonstrations)
+    actions = [t["action"] for ep in episodes for t in ep.turns]
+    labels = [r.text.removeprefix("<action>").removesuffix("</action>") for _, r in noisy.demonstrations]
+    assert actions != labels and all(r.logprobs == [0.0] * len(r.ids) for _, r in noisy.demonstrations)
+    with pytest.raises(ValueError, match="epsilon"):
+        NoisyPlannerPolicy(tokenizer, think=False, epsilon=1.5)

@@ -72,6 +72,7 @@ def test_rounds_append_lines_and_a_stopped_round_carries_on(make_config, monkeyp
     config = make_config(*SMALL, "train.per_device_batch_size=4")
     first = run_round(config)
     assert first["round"] == 1 and "initial_success" in first
+    assert set(first["initial_success_by_split"]) == set(first["success_by_split"]) == {"valid_unseen"}
     assert set(first["seconds"]) == {"rollout", "annotate", "train", "eval", "eval-initial"}
     assert sum(first["labels"].values()) == 9
 

@@ -3,6 +3,10 @@
 The engine's first observation carries a banner and the task sentence; we split those apart so the
 prompt can show the task once and the observation on its own. `help` is admissible in the engine but
 useless to an agent, so it never reaches a prompt.
+
+With `plan=True` the engine also runs the Fast Downward planner after every reset and step (textworld's
+`policy_commands`, ~50 ms a step on the mini games): its first command is an expert action from *any*
+state, not only from the states of the stored walkthrough, which is what a DAgger-style expert needs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class EnvStep:
     won: bool
     done: bool
     task: str = ""
+    planner_action: str | None = None  # the planner's next command, when the game was started with plan=True
 
 
 @dataclass
@@ -43,22 +48,29 @@ def split_task(text: str) -> tuple[str, str]:
 class AlfWorldGame:
     """A single game in the real engine. Not thread-safe; lives inside one worker process."""
 
-    def __init__(self, gamefile: str) -> None:
+    def __init__(self, gamefile: str, plan: bool = False) -> None:
         import textworld
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
-        infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
+        infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"], policy_commands=plan)
         self._env = textworld.start(gamefile, request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
+        self._plan = plan
 
     def reset(self) -> EnvStep:
         state = self._env.reset()
         observation, task = split_task(state["feedback"])
-        return EnvStep(observation, self._admissible(state), bool(state["won"]), False, task)
+        return EnvStep(observation, self._admissible(state), bool(state["won"]), False, task, self._next_command(state))
 
     def step(self, action: str) -> EnvStep:
         state, _score, done = self._env.step(action)
         won = bool(state["won"])
-        return EnvStep(state["feedback"].strip(), self._admissible(state), won, bool(done) or won)
+        return EnvStep(
+            state["feedback"].strip(), self._admissible(state), won, bool(done) or won, "", self._next_command(state)
+        )
+
+    def _next_command(self, state) -> str | None:
+        commands = state["policy_commands"] if self._plan else None
+        return commands[0] if commands else None
 
     def close(self) -> None:
         self._env.close()

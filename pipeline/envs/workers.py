@@ -20,7 +20,7 @@ from pipeline.envs.alfworld_env import AlfWorldGame, EnvFailure, EnvStep
 EnvResult = EnvStep | EnvFailure
 
 
-def _worker_main(conn: Connection, alfworld_data: str) -> None:
+def _worker_main(conn: Connection, alfworld_data: str, plan: bool) -> None:
     """Serve (op, slot, arg) requests until told to stop: op is `reset` (arg = game file) or `step`."""
     os.environ["ALFWORLD_DATA"] = alfworld_data
     games: dict[int, AlfWorldGame] = {}
@@ -35,7 +35,7 @@ def _worker_main(conn: Connection, alfworld_data: str) -> None:
             if op == "reset":
                 if slot in games:
                     games.pop(slot).close()
-                games[slot] = AlfWorldGame(arg)
+                games[slot] = AlfWorldGame(arg, plan)
                 result: EnvResult = games[slot].reset()
             else:
                 result = games[slot].step(arg)
@@ -51,11 +51,13 @@ class EnvPool:
 
     Usage: `submit_reset` / `submit_step` for any slots, then `collect()` waits for every submitted
     request and returns {slot: EnvStep | EnvFailure}. Time spent waiting is added to `wait_seconds`.
+    With `plan=True` every EnvStep carries the planner's next command (see `AlfWorldGame`).
     """
 
-    def __init__(self, num_workers: int, alfworld_data: str) -> None:
+    def __init__(self, num_workers: int, alfworld_data: str, plan: bool = False) -> None:
         self._ctx = mp.get_context("spawn")
         self._alfworld_data = alfworld_data
+        self._plan = plan
         self._workers: list[tuple[mp.process.BaseProcess, Connection]] = [
             self._start_worker() for _ in range(num_workers)
         ]
@@ -65,7 +67,7 @@ class EnvPool:
 
     def _start_worker(self) -> tuple[mp.process.BaseProcess, Connection]:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self._alfworld_data), daemon=True)
+        process = self._ctx.Process(target=_worker_main, args=(child, self._alfworld_data, self._plan), daemon=True)
         process.start()
         child.close()
         return process, parent

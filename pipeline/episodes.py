@@ -56,6 +56,10 @@ class Episode:
     finished: bool = False
     error: str | None = None
 
+    def request(self, prompt_ids: list[int]) -> TurnRequest:
+        """What a policy gets to answer this episode's next turn."""
+        return TurnRequest(prompt_ids, self.spec.game, len(self.turns), tuple(self.admissible), self.planner_action)
+
     def view(self, history: int, max_steps: int) -> TurnView:
         recent = [(t["observation"], t["action"]) for t in self.turns[-history:]] if history else []
         return TurnView(self.task, len(self.turns), max_steps, tuple(recent), self.observation, tuple(self.admissible))
@@ -143,10 +147,7 @@ class EpisodeRunner:
     def _act(self, active: dict[int, Episode], seed: int) -> dict[int, str]:
         """One batched policy call; the parsed turn waits in `ep.turns` for the env's feedback."""
         rendered = {slot: self.renderer.render(ep.view(self.history, self.max_steps)) for slot, ep in active.items()}
-        requests = [
-            TurnRequest(ids, ep.spec.game, len(ep.turns), tuple(ep.admissible), ep.planner_action)
-            for ep, (_, ids) in ((active[slot], item) for slot, item in rendered.items())
-        ]
+        requests = [active[slot].request(ids) for slot, (_, ids) in rendered.items()]
         tick = time.perf_counter()
         responses = self.policy.act(requests, seed)
         self.timings.policy_seconds += time.perf_counter() - tick
@@ -208,7 +209,7 @@ def play_games(
 ) -> list[Episode]:
     """Play a list of episodes in one batch with a fresh worker pool (prepare's corpus and checks).
 
-    `plan` runs the planner in the environments, for policies that need its action (`PlannerPolicy`).
+    `plan` runs the planner in the environments, for policies that need its action (`NoisyPlannerPolicy`).
     """
     with EnvPool(num_workers, data_root, plan=plan) as pool:
         runner = EpisodeRunner(

@@ -100,9 +100,8 @@ class NoisyPlannerPolicy:
                 raise ValueError("NoisyPlannerPolicy needs the planner's action: play with an env that plans")
             expert = answer(self.tokenizer, request.planner_action, self.reasoning)
             self.demonstrations.append((list(request.prompt_ids), expert))
-            if rng.random() < self.epsilon:
-                expert = answer(self.tokenizer, self._detour(request, rng), self.reasoning)
-            responses.append(expert)
+            detour = rng.random() < self.epsilon
+            responses.append(answer(self.tokenizer, self._detour(request, rng), self.reasoning) if detour else expert)
         return responses
 
     @staticmethod

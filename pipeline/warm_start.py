@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import write_json
-from pipeline.backends.hf import HFGenerator, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+from pipeline.backends.factory import load_hf_model
+from pipeline.backends.hf import HFGenerator, load_tokenizer
 from pipeline.config import Config, TrainConfig
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.episodes import EpisodeSpec, play_games
@@ -78,9 +79,7 @@ def dagger_rows(config: Config, specs: list[EpisodeSpec], data_root: Path, token
 
 def greedy_success(config: Config, model: str, specs: list[EpisodeSpec], data_root: Path) -> float:
     tokenizer = load_tokenizer(model)
-    device = resolve_device(config.sampling.device)
-    lm = load_causal_lm(model, device, resolve_dtype(config.sampling.dtype, device))
-    policy = LMPolicy("check", HFGenerator(lm, tokenizer), config.sampling, temperature=0.0)
+    policy = LMPolicy("check", HFGenerator(load_hf_model(config, model), tokenizer), config.sampling, temperature=0.0)
     episodes = play(config, policy, tokenizer, specs, data_root)
     return sum(ep.won for ep in episodes) / len(episodes)
 
@@ -123,15 +122,16 @@ def warm_start_models(config: Config) -> dict[str, dict[str, Any] | None]:
         data_root, specs = plan_episodes(config, replace(config.rollout, samples_per_game=1))
         tokenizer = load_tokenizer(config.models.student)
         rows = expert_rows(config, specs, data_root, tokenizer)
-        extra = {"teacher": dagger_rows(config, specs, data_root, tokenizer) if "teacher" in todo else []}
+        dagger = dagger_rows(config, specs, data_root, tokenizer) if "teacher" in todo else []
         for name in todo:
             model = models[name]
             epochs, learning_rate = plan[name]
+            extra = dagger if name == "teacher" else []
             tick = time.perf_counter()
-            steps = sft_in_place(config, model, rows + extra.get(name, []), epochs, learning_rate)
+            steps = sft_in_place(config, model, rows + extra, epochs, learning_rate)
             record = {
                 "turns": len(rows),
-                "dagger_turns": len(extra.get(name, [])),
+                "dagger_turns": len(extra),
                 "epochs": epochs,
                 "learning_rate": learning_rate,
                 "steps": steps,

@@ -73,6 +73,9 @@ def test_rounds_append_lines_and_a_stopped_round_carries_on(make_config, monkeyp
     first = run_round(config)
     assert first["round"] == 1 and "initial_success" in first
     assert set(first["initial_success_by_split"]) == set(first["success_by_split"]) == {"valid_unseen"}
+    # one split evaluated: its success is the overall one, for the initial and the trained student alike
+    assert first["initial_success_by_split"]["valid_unseen"] == first["initial_success"]
+    assert first["success_by_split"]["valid_unseen"] == first["student_success"]
     assert set(first["seconds"]) == {"rollout", "annotate", "train", "eval", "eval-initial"}
     assert sum(first["labels"].values()) == 9
 

@@ -50,7 +50,7 @@ def load_generator(config: Config, model: str, tokenizer) -> Generator:
         from pipeline.backends.vllm import VLLMGenerator, engine_for
 
         return VLLMGenerator(engine_for(config, model), tokenizer, model)
-    return HFGenerator(_load_hf_model(config, model), tokenizer)
+    return HFGenerator(load_hf_model(config, model), tokenizer)
 
 
 def load_teacher(config: Config, tokenizer) -> Teacher:
@@ -61,7 +61,7 @@ def load_teacher(config: Config, tokenizer) -> Teacher:
 
         engine = engine_for(config, model)
         return Teacher(VLLMScorer(engine, k=settings.topk), VLLMGenerator(engine, tokenizer, model))
-    loaded = _load_hf_model(config, model)
+    loaded = load_hf_model(config, model)
     scorer = HFScorer(loaded, k=settings.topk, max_tokens_per_batch=settings.max_tokens_per_batch)
     return Teacher(scorer, HFGenerator(loaded, tokenizer))
 
@@ -78,6 +78,7 @@ def stage_backend(config: Config) -> Iterator[None]:
         yield
 
 
-def _load_hf_model(config: Config, model: str):
+def load_hf_model(config: Config, model: str):
+    """A checkpoint through transformers on `sampling.device` / `sampling.dtype` (what `hf` stages use)."""
     device = resolve_device(config.sampling.device)
     return load_causal_lm(model, device, resolve_dtype(config.sampling.dtype, device))

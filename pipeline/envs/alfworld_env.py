@@ -59,14 +59,14 @@ class AlfWorldGame:
     def reset(self) -> EnvStep:
         state = self._env.reset()
         observation, task = split_task(state["feedback"])
-        return EnvStep(observation, self._admissible(state), bool(state["won"]), False, task, self._next_command(state))
+        planner_action = self._next_command(state)
+        return EnvStep(observation, self._admissible(state), bool(state["won"]), False, task, planner_action)
 
     def step(self, action: str) -> EnvStep:
         state, _score, done = self._env.step(action)
         won = bool(state["won"])
-        return EnvStep(
-            state["feedback"].strip(), self._admissible(state), won, bool(done) or won, "", self._next_command(state)
-        )
+        feedback, admissible = state["feedback"].strip(), self._admissible(state)
+        return EnvStep(feedback, admissible, won, bool(done) or won, planner_action=self._next_command(state))
 
     def _next_command(self, state) -> str | None:
         commands = state["policy_commands"] if self._plan else None

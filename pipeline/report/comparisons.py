@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipeline.report.loading import INITIAL_ROUND, RunData
-from pipeline.report.metrics import ALL_TASKS, OVERALL, relative_improvement, split_order
+from pipeline.report.metrics import ALL_TASKS, OVERALL, relative_improvement, split_order, student_rounds
 from pipeline.report.tables import MISSING, Table, pct, round_span
 
 
@@ -55,14 +55,8 @@ def compare_to_baseline(metrics: pd.DataFrame, runs: Sequence[RunData], baseline
 
 def _trained(metrics: pd.DataFrame, run: str, split: str) -> pd.DataFrame:
     """A run's trained students (round ≥ 1) on one split, indexed by round."""
-    rows = metrics[
-        (metrics["run"] == run)
-        & (metrics["policy"] == "student")
-        & (metrics["split"] == split)
-        & (metrics["task_type"] == ALL_TASKS)
-        & (metrics["round"] > INITIAL_ROUND)
-    ]
-    return rows.set_index("round")
+    rows = student_rounds(metrics, run, split)
+    return rows[rows.index > INITIAL_ROUND]
 
 
 def _compare(mine: pd.DataFrame, theirs: pd.DataFrame, run: str, split: str, baseline: str) -> Comparison:

@@ -93,8 +93,8 @@ def _draw_runs(
     every_round = sorted({INITIAL_ROUND, *(number for run in runs for number in run.rounds)})
     for index, run in enumerate(runs):
         rounds = [INITIAL_ROUND, *run.rounds]
-        values = student_rounds(metrics, run.name, split, column).reindex(rounds)
-        counts = student_rounds(metrics, run.name, split, "episodes").reindex(rounds)
+        played = student_rounds(metrics, run.name, split).reindex(rounds)
+        values, counts = played[column], played["episodes"]
         if values.isna().all():
             panel.plot([], [], color=colors[run.name], label=f"{run.name}: not evaluated on {split}")
             continue

@@ -65,15 +65,15 @@ def split_order(splits: Iterable[str]) -> list[str]:
     return [s for s in known if s in unique] + sorted(unique - set(known))
 
 
-def student_rounds(metrics: pd.DataFrame, run: str, split: str, column: str = "success") -> pd.Series:
-    """A run's student value per round for one split (all task types), indexed by round."""
+def student_rounds(metrics: pd.DataFrame, run: str, split: str) -> pd.DataFrame:
+    """A run's student rows for one split (all task types), one per round, indexed by round."""
     rows = metrics[
         (metrics["run"] == run)
         & (metrics["policy"] == "student")
         & (metrics["split"] == split)
         & (metrics["task_type"] == ALL_TASKS)
     ]
-    return rows.set_index("round")[column].sort_index()
+    return rows.set_index("round").sort_index()
 
 
 def wilson_interval(successes: np.ndarray, episodes: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:

@@ -284,9 +284,14 @@ class PrepareConfig:
         "state labelled with the planner's action (DAgger), so the teacher can advise off the expert path.",
         default=0,
     )
-    teacher_dagger_epsilon: float = _help("Chance of a random admissible action at each DAgger step.", default=0.3)
-    student_sft_epochs: float = _help("SFT epochs of the student on the same turns (a brief warm start).", default=0.0)
+    student_sft_epochs: float = _help("SFT epochs of the student (a brief warm start).", default=0.0)
     student_sft_learning_rate: float = _help("Student warm-start learning rate.", default=1e-3)
+    student_dagger_samples: int = _help(
+        "DAgger episodes per rollout game in the student's warm start, as for the teacher: a student that "
+        "saw only the walkthroughs memorizes them and cannot use advice about the states it strays into.",
+        default=0,
+    )
+    dagger_epsilon: float = _help("Chance of a detour at each DAgger step.", default=0.3)
     sft_batch_size: int = _help("Turns per SFT optimizer step.", default=8)
 
     def __post_init__(self) -> None:
@@ -297,14 +302,9 @@ class PrepareConfig:
             "SFT learning rates must be positive.",
         )
         _check(self.sft_batch_size >= 1, f"sft_batch_size must be at least 1, not {self.sft_batch_size}.")
-        _check(
-            self.teacher_dagger_samples >= 0,
-            f"teacher_dagger_samples must be 0 or more, not {self.teacher_dagger_samples}.",
-        )
-        _check(
-            0 <= self.teacher_dagger_epsilon <= 1,
-            f"teacher_dagger_epsilon must be in [0, 1], not {self.teacher_dagger_epsilon}.",
-        )
+        for name in ("teacher_dagger_samples", "student_dagger_samples"):
+            _check(getattr(self, name) >= 0, f"{name} must be 0 or more, not {getattr(self, name)}.")
+        _check(0 <= self.dagger_epsilon <= 1, f"dagger_epsilon must be in [0, 1], not {self.dagger_epsilon}.")
 
 
 @dataclass

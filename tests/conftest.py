@@ -48,6 +48,7 @@ def small_settings(tiny_models) -> list[str]:
         "rollout.samples_per_game=1",
         "rollout.episodes_per_shard=3",
         "eval.splits=[valid_unseen]",
+        "eval.samples_per_game=1",
         "eval.episodes_per_shard=3",
         "runtime.threads=1",
     ]

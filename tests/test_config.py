@@ -63,6 +63,9 @@ def test_eval_keeps_its_own_defaults_when_partly_overridden():
         (["run=../elsewhere"], "run must be a plain folder name"),
         (["rollout.num_games"], "--set expects key=value"),
         (["env.max_steps.x=1"], "config key 'env.max_steps' must be int, got {\"x\": 1}"),
+        (["prepare.student_dagger_samples=-1"], "student_dagger_samples must be 0 or more, not -1."),
+        (["prepare.dagger_epsilon=1.5"], "dagger_epsilon must be in [0, 1], not 1.5."),
+        (["prepare.teacher_dagger_epsilon=0.4"], "unknown config key 'prepare.teacher_dagger_epsilon'"),
     ],
 )
 def test_bad_values_are_user_errors(overrides, message, tmp_path):

@@ -143,7 +143,7 @@ def test_rollout_and_annotate_of_the_default_config(vllm_config, teacher, tmp_pa
     for part in sorted(turns_dir.glob("part-*.parquet")):
         assert pq.read_schema(part).remove_metadata() == TURNS_SCHEMA
     turns = read_stage(turns_dir, "turns").to_pandas()
-    assert turns["episode_id"].nunique() == 24 and (turns["response_ids"].map(len) > 0).all()
+    assert turns["episode_id"].nunique() == 12 * 2 and (turns["response_ids"].map(len) > 0).all()
     assert (turns["response_ids"].map(len) == turns["sampler_logprobs"].map(len)).all()
     student = load_causal_lm(config.models.student, torch.device("cpu"), torch.float32)
     for row in turns.head(8).itertuples():  # temperature 1: the sampler's log-probs are the model's own
@@ -175,8 +175,9 @@ def test_rollout_and_annotate_of_the_default_config(vllm_config, teacher, tmp_pa
 
 
 def _overrides(config, backend: str = "vllm") -> list[str]:
+    """The test models and backend; 2 episodes per game instead of the default's 8 keep the stages short."""
     models = [f"models.student={config.models.student}", f"models.teacher={config.models.teacher}"]
-    return [*models, f"sampling.backend={backend}", "runtime.threads=1"]
+    return [*models, f"sampling.backend={backend}", "runtime.threads=1", "rollout.samples_per_game=2"]
 
 
 def _flat(column: pd.Series) -> np.ndarray:

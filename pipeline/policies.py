@@ -2,7 +2,7 @@
 
 `ExpertPolicy` replays the game's walkthrough (an ALFWorld expert solution); `NoisyPlannerPolicy`
 follows the planner from whatever state it is in, with random detours (DAgger-style data for the tiny
-teacher); `LMPolicy` samples from a language model through a backend. All answer a batch of turns at
+models' warm starts); `LMPolicy` samples from a language model through a backend. All answer a batch of turns at
 once and return the same record, so rollout and eval never care which one is playing. Expert
 responses are written in the prompt's response format and tokenized with the run's tokenizer, so expert
 turns can be trained on (SFT).
@@ -76,7 +76,7 @@ class NoisyPlannerPolicy:
     strays from them, and a student's own states stray all the time. This policy's episodes leave the
     expert path and come back (the planner replans from wherever it is), and every state it visits is
     recorded in `demonstrations` with the planner's action there, as (prompt ids, response): DAgger's
-    data, what the tiny teacher learns from. A detour is, with even odds, a random admissible action
+    data, what the tiny models' warm starts learn from. A detour is, with even odds, a random admissible action
     (a wrong turn) or a walkthrough command that is not admissible here (a student running ahead of
     itself: "Nothing happens."), the two mistakes students make. Needs an env that plans
     (`play_games(..., plan=True)`).

@@ -21,7 +21,8 @@ from pipeline.play import EPISODES_DIR, SUMMARY_FILE
 from pipeline.report import write_report
 from pipeline.report.comparisons import Comparison, comparability_notes, compare_to_baseline, improvement_table
 from pipeline.report.loading import load_runs
-from pipeline.report.metrics import ALL_TASKS, OVERALL, eval_metrics, relative_improvement
+from pipeline.report.metrics import ALL_TASKS, OVERALL, eval_metrics
+from pipeline.report.stats import relative_improvement
 from pipeline.report.tables import MISSING, NOT_EVALUATED, round_log_table, success_grid, success_table, task_type_table
 from pipeline.rounds import append_round
 from pipeline.runs import RunLayout
@@ -65,9 +66,9 @@ def eval_rows(run: str, round_: int, policy: str, split: str, wins: str) -> list
     return rows
 
 
-def write_eval(directory: Path, rows: list[dict], parts: int = 1) -> None:
+def write_eval(directory: Path, rows: list[dict], parts: int = 1, config: dict | None = None) -> None:
     """Eval shards and summary.json as `run_eval` writes them; with parts > 1 only the first is written."""
-    writer = StageWriter(directory / EPISODES_DIR, "eval", config={}, inputs={}, models={}, num_parts=parts)
+    writer = StageWriter(directory / EPISODES_DIR, "eval", config=config or {}, inputs={}, models={}, num_parts=parts)
     writer.write_part(0, rows)
     if writer.finalize():
         write_json(directory / SUMMARY_FILE, summarize(rows))
@@ -103,11 +104,17 @@ def write_annotations(directory: Path, run: str, round_: int, labels: list[str])
     assert writer.finalize()
 
 
-def write_training(directory: Path, losses: list[float], turns: int) -> None:
-    """A `_train.json` with the keys `run_train` writes that the report reads."""
+def write_training(directory: Path, losses: list[float], turns: int, settings: dict | None = None) -> None:
+    """A `_train.json` with the keys `run_train` writes that the report reads; `settings` adds `train` and `seed`."""
     history = [{"step": i + 1, "loss": loss, "nll": 2 * loss, "rkl_sampled": loss / 2} for i, loss in enumerate(losses)]
     history.append({"step": len(losses), "train_runtime": 1.0, "train_loss": sum(losses) / len(losses)})
-    record = {"student": STUDENT, "status": "complete", "steps": len(losses), "stats": {"turns": turns}}
+    record = {
+        "student": STUDENT,
+        "status": "complete",
+        "steps": len(losses),
+        "stats": {"turns": turns},
+        **(settings or {}),
+    }
     write_json(directory / RECORD_FILE, {**record, "mean_loss": sum(losses) / len(losses), "log_history": history})
 
 

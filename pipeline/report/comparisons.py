@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipeline.report.loading import INITIAL_ROUND, RunData
-from pipeline.report.metrics import ALL_TASKS, OVERALL, relative_improvement, split_order, student_rounds
+from pipeline.report.metrics import ALL_TASKS, OVERALL, split_order, student_rounds
+from pipeline.report.stats import relative_improvement
 from pipeline.report.tables import MISSING, Table, pct, round_span
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from pipeline.report.loading import INITIAL_ROUND, REFERENCE_POLICIES, RunData
-from pipeline.report.metrics import ALL_TASKS, OVERALL, split_order, student_rounds, wilson_interval
+from pipeline.report.metrics import ACTION_RATES, ALL_TASKS, OVERALL, split_order, student_rounds
 from pipeline.report.plotting import (
     REFERENCE_STYLES,
     FigureFile,
@@ -27,10 +27,10 @@ from pipeline.report.plotting import (
     run_colors,
     save,
 )
+from pipeline.report.stats import wilson_interval
 
 SUCCESS_FILE = "success_by_round.png"
 ACTIONS_FILE = "action_rates_by_round.png"
-ACTION_RATES = {"invalid_action_rate": "invalid actions", "repeated_action_rate": "repeated actions"}
 
 
 def success_figure(metrics: pd.DataFrame, runs: Sequence[RunData], directory: Path) -> FigureFile | None:

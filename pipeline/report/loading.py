@@ -4,6 +4,10 @@ A report must show what is on disk and nothing else. A stage that was never run 
 one that exists but cannot be trusted (incomplete, corrupt, another schema) contributes no rows and a
 line in `notes`. Tables and figures then show that round as missing, never as zero. Shards go through
 `read_stage`, which verifies every part's hash, so a report never rests on a half-written shard.
+
+Beside the rows, each run brings what made it (round 1's rollout and annotate manifests and training
+record, without the run name and seed) so that runs differing only in seed can be grouped, and each eval
+row the data source and settings of the eval that played it, so that no number pools two kinds of eval.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from pipeline.play import EPISODES_DIR
 from pipeline.rounds import recorded_rounds
 from pipeline.runs import RunLayout, eval_dir_name
 from pipeline.schema import EVAL_SCHEMA
-from pipeline.shards import read_stage
+from pipeline.shards import fingerprint, read_manifest, read_stage
 from pipeline.train import read_record
 
 REFERENCE_POLICIES = ("teacher", "expert")
 INITIAL_ROUND = 0  # the student before any training; `round` evaluates it inside round 1
 ANNOTATION_COLUMNS = ["episode_id", "turn", "label", "confidence"]
+EVAL_COLUMNS = [*EVAL_SCHEMA.names, "source", "protocol"]
+PER_RUN = ("run", "round", "seed")  # config keys that differ between the seeds of one configuration
 
 
 @dataclass
@@ -37,10 +43,14 @@ class RunData:
     round folder it was found in. `annotations`: one row per annotated turn (round, episode_id, turn,
     label, per-token confidence). `training`: one row per logged optimizer step (round, step, loss and
     the trainer's other logged numbers). `trained_turns`: turns trained on, per round. `log`: the
-    rounds.jsonl line of each finished round.
+    rounds.jsonl line of each finished round. Each eval row also carries `source` (data.source of its
+    eval, "" when unrecorded) and `protocol` (a fingerprint of that eval's other settings). `settings`:
+    what made the run, one entry per record found ({} when none was); `seed`: its seed, None when unrecorded.
     """
 
     name: str
+    seed: int | None
+    settings: dict[str, Any]
     rounds: list[int]
     log: dict[int, dict[str, Any]]
     evals: pd.DataFrame
@@ -92,16 +102,55 @@ def load_run(layout: RunLayout, annotations: str = "annotations") -> RunData:
     evals.append(_initial_student_rows(layout, notes))
     for policy in REFERENCE_POLICIES:
         evals.append(_newest_reference(layout, rounds, policy, notes))
+    seed, settings = _settings(layout, annotations)
     return RunData(
         name=name,
+        seed=seed,
+        settings=settings,
         rounds=rounds,
         log=log,
-        evals=_concat([frame.assign(run=name) for frame in evals if frame is not None], EVAL_SCHEMA.names),
+        evals=_concat([frame.assign(run=name) for frame in evals if frame is not None], EVAL_COLUMNS),
         annotations=_concat(annotated, ["round", *ANNOTATION_COLUMNS]),
         training=_concat([pd.DataFrame(steps)] if steps else [], ["round", "step", "loss"]),
         trained_turns=trained_turns,
         notes=notes,
     )
+
+
+def _settings(layout: RunLayout, annotations: str) -> tuple[int | None, dict[str, Any]]:
+    """The run's seed and what made its students, from round 1, where every seed of a configuration starts alike.
+
+    Later rounds name the run's own checkpoints, so they would tell seeds apart; round 1's training record
+    names the initial student instead (its `inputs` fingerprint the seed's own data: left out, like the
+    data root, which is where the data lies on one machine, not which data it is). The methods
+    differ in their training settings, so until round 1 has trained the run has no settings ({}): nothing
+    shows which configuration it belongs to.
+    """
+    rollout = _manifest_config(layout.stage_dir(1, "turns"), "turns")
+    record = read_record(layout.stage_dir(1, "checkpoint"))
+    seed = (rollout or {}).get("seed", (record or {}).get("seed"))
+    if record is None or "train" not in record:
+        return seed, {}
+    return seed, {
+        "rollout": rollout and {**_without(rollout, PER_RUN), "data": _without(rollout.get("data", {}), ("path",))},
+        "annotate": _manifest_config(layout.stage_dir(1, annotations), "annotations"),
+        "train": record["train"],
+        "student": record["student"],
+    }
+
+
+def _manifest_config(directory: Path, stage: str) -> dict[str, Any] | None:
+    """A stage folder's recorded config; None when there is none to trust (its rows' loading says why)."""
+    if not directory.is_dir():
+        return None
+    try:
+        return read_manifest(directory, stage)["config"]
+    except UserError:
+        return None
+
+
+def _without(config: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key not in keys}
 
 
 def _initial_student_rows(layout: RunLayout, notes: list[str]) -> pd.DataFrame | None:
@@ -123,8 +172,19 @@ def _newest_reference(layout: RunLayout, rounds: list[int], policy: str, notes: 
 
 
 def _eval_rows(directory: Path, round_: int, policy: str, notes: list[str]) -> pd.DataFrame | None:
+    """An eval folder's episodes, with its data source and a fingerprint of its other settings.
+
+    The policy (which the rows' `policy` holds), round, run and seed are left out of the fingerprint: they
+    differ between evals that should compare. So is the data root, which differs between machines.
+    """
     rows = _read_or_note(directory / EPISODES_DIR, "eval", notes)
-    return None if rows is None else rows.assign(round=round_, policy=policy)
+    if rows is None:
+        return None
+    config = read_manifest(directory / EPISODES_DIR, "eval")["config"]
+    source = config.get("data", {}).get("source", "")
+    play = _without(config.get("play", {}), ("policy",))
+    protocol = fingerprint({**_without(config, (*PER_RUN, "policy", "data")), "play": play})
+    return rows.assign(round=round_, policy=policy, source=source, protocol=protocol)
 
 
 def _read_or_note(

@@ -21,19 +21,22 @@ from pipeline.shards import fingerprint
 OVERALL = "overall"  # the split value of a row that pools every evaluated split, as summary.json does
 ALL_TASKS = "all"  # the task_type value of a row that pools every task type
 RATES = ("success", "invalid_action_rate", "repeated_action_rate")
-COLUMNS = ["run", "policy", "round", "split", "task_type", "episodes", "games", *RATES, "episode_set", "splits"]
+ACTION_RATES = {"invalid_action_rate": "invalid actions", "repeated_action_rate": "repeated actions"}
+KEYS = ["run", "policy", "round", "source", "protocol"]  # one eval folder each (see loading.RunData.evals)
+COLUMNS = [*KEYS, "split", "task_type", "episodes", "games", *RATES, "episode_set", "splits"]
 
 
 def eval_metrics(evals: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, policy, round, split, task_type), with the COLUMNS above.
+    """One row per (run, policy, round, split, task_type), with the COLUMNS above (source and protocol: of
+    the eval folder the row's episodes come from).
 
     `split` OVERALL pools the splits and `task_type` ALL pools the task types; a task type without
     episodes has no row (rather than a 0% row). Rates with nothing to count over are NaN.
     """
     records: list[dict[str, Any]] = []
-    for (run, policy, round_), played in evals.groupby(["run", "policy", "round"], sort=True):
+    for (run, policy, round_, source, protocol), played in evals.groupby(KEYS, sort=True):
         summary = summarize(played.to_dict("records"))
-        key = {"run": run, "policy": policy, "round": int(round_)}
+        key = {"run": run, "policy": policy, "round": int(round_), "source": source, "protocol": protocol}
         records.append({**key, **_measured(OVERALL, ALL_TASKS, summary["overall"], played)})
         for split, block in summary["splits"].items():
             in_split = played[played["split"] == split]
@@ -74,21 +77,3 @@ def student_rounds(metrics: pd.DataFrame, run: str, split: str) -> pd.DataFrame:
         & (metrics["task_type"] == ALL_TASKS)
     ]
     return rows.set_index("round").sort_index()
-
-
-def wilson_interval(successes: np.ndarray, episodes: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """The 95% Wilson score interval of success rates (low, high).
-
-    Unlike ±1.96·SE it stays inside [0, 1] and does not shrink to nothing at 0% or 100%, which matters
-    with the few dozen episodes an eval split often has.
-    """
-    n = np.asarray(episodes, dtype=float)
-    p = np.asarray(successes, dtype=float)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
-def relative_improvement(value: float, baseline: float) -> float:
-    """(value − baseline) / baseline, as papers report "+13.3% relative"; NaN when the baseline is 0."""
-    return (value - baseline) / baseline if baseline else float("nan")

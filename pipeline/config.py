@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -22,6 +23,8 @@ from pipeline.errors import UserError
 
 SPLITS = ("train", "valid_seen", "valid_unseen", "valid_train")
 POLICY_NAMES = ("student", "teacher", "expert")
+DATA_SOURCES = ("mini", "bench", "alfworld")
+DAGGER_EXPERTS = ("planner", "search")
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -38,14 +41,18 @@ class DataConfig:
     """Where the ALFWorld games come from."""
 
     source: str = _help(
-        "`mini`: the shipped mini game set (data/alfworld-mini); `alfworld`: the full ALFWorld data "
+        "`mini`: the 24 shipped mini games (data/alfworld-mini); `bench`: the mini benchmark with held-out "
+        "rooms (data/alfworld-bench, built once by `sage-opd prepare`); `alfworld`: the full ALFWorld data "
         "found through `path`, $ALFWORLD_DATA or data/alfworld.",
         default="mini",
     )
     path: str | None = _help("Explicit data root (the folder holding json_2.1.1/); overrides the lookup.", default=None)
 
     def __post_init__(self) -> None:
-        _check(self.source in ("mini", "alfworld"), f"source must be 'mini' or 'alfworld', not {self.source!r}.")
+        _check(
+            self.source in DATA_SOURCES,
+            f"source must be one of {', '.join(DATA_SOURCES)}, not {self.source!r}.",
+        )
 
 
 @dataclass
@@ -127,15 +134,28 @@ class SamplingConfig:
         )
 
 
+GAME_SETS = ("per_round", "fixed")
+
+
 @dataclass
 class PlayConfig:
     """Which games a stage plays and with which policy (shared shape of rollout and eval)."""
+
+    section: ClassVar[str]  # the config key of the subclass, for messages
 
     policy: str = _help(
         "`student`, `teacher`, `expert` (replays the walkthrough) or a checkpoint folder.", default="student"
     )
     splits: list[str] = _help("ALFWorld splits to play.", default_factory=lambda: ["train"])
-    num_games: int = _help("Games per split, taken in sorted order (0 = all).", default=0)
+    num_games: int = _help(
+        "Games per split, drawn at random and balanced over task types (0 = all; more than a split holds is an error).",
+        default=0,
+    )
+    games: str = _help(
+        "How the `num_games` games are drawn: `per_round` (a fresh draw each round, seeded by seed and round) "
+        "or `fixed` (the same games in every round and every run of a sweep, whatever the seed).",
+        default="per_round",
+    )
     samples_per_game: int = _help("Episodes per game (different sampling seeds).", default=1)
     episodes_per_shard: int = _help("Episodes per Parquet shard: the unit of resume after a crash.", default=16)
     temperature: float | None = _help("Overrides sampling.temperature for this stage (None = keep).", default=None)
@@ -145,6 +165,7 @@ class PlayConfig:
             _check(split in SPLITS, f"unknown split {split!r}; choose from {', '.join(SPLITS)}.")
         _check(len(self.splits) >= 1, "at least one split is needed.")
         _check(self.num_games >= 0, f"num_games must be 0 (all) or more, not {self.num_games}.")
+        _check(self.games in GAME_SETS, f"games must be {' or '.join(GAME_SETS)}, not {self.games!r}.")
         _check(self.samples_per_game >= 1, f"samples_per_game must be at least 1, not {self.samples_per_game}.")
         _check(self.episodes_per_shard >= 1, f"episodes_per_shard must be at least 1, not {self.episodes_per_shard}.")
         _check(
@@ -154,14 +175,29 @@ class PlayConfig:
 
 @dataclass
 class RolloutConfig(PlayConfig):
-    """Rollout: the student plays the training games, sampling at temperature 1 (on-policy data)."""
+    """Rollout: the student plays the training games, sampling at temperature 1 (on-policy data).
+
+    A fresh sample of games each round (`games: per_round`) spreads the rounds over the split.
+    """
+
+    section: ClassVar[str] = "rollout"
 
 
 @dataclass
 class EvalConfig(PlayConfig):
-    """Evaluation: the usual protocol plays the validation splits at temperature 0.4."""
+    """Evaluation: the usual protocol plays the validation splits at temperature 0.4.
+
+    One fixed set of games (`games: fixed`), so rounds, seeds and configs are compared on the same games.
+    """
+
+    section: ClassVar[str] = "eval"
 
     splits: list[str] = _help("ALFWorld splits to evaluate.", default_factory=lambda: ["valid_seen", "valid_unseen"])
+    games: str = _help(
+        "How the `num_games` games are drawn: `fixed` (the same games in every round and every run of a sweep, "
+        "whatever the seed) or `per_round`.",
+        default="fixed",
+    )
     temperature: float | None = _help("Evaluation temperature (0 = greedy; None = sampling.temperature).", default=0.4)
 
 
@@ -292,7 +328,22 @@ class PrepareConfig:
         default=0,
     )
     dagger_epsilon: float = _help("Chance of a detour at each DAgger step.", default=0.3)
+    dagger_expert: str = _help(
+        "Who labels the DAgger states: `planner` (Fast Downward: it knows where every object is) or `search` "
+        "(a memoryless searcher acting on what the prompt shows, so its labels transfer to unseen rooms).",
+        default="planner",
+    )
+    walkthroughs: bool = _help(
+        "Also learn the games' stored walkthroughs (the planner's paths, which go straight to hidden objects).",
+        default=True,
+    )
     sft_batch_size: int = _help("Turns per SFT optimizer step.", default=8)
+    teacher_shape: str = _help("Tiny teacher's shape, `<hidden size>x<layers>` (heads of width 32).", default="128x4")
+    student_shape: str = _help("Tiny student's shape, `<hidden size>x<layers>`.", default="64x2")
+    tokenizer_splits: list[str] = _help(
+        "Splits whose expert episodes the tiny models' tokenizer is trained on.",
+        default_factory=lambda: ["train", "valid_seen", "valid_unseen"],
+    )
 
     def __post_init__(self) -> None:
         _check(self.teacher_sft_epochs >= 0, f"teacher_sft_epochs must be 0 or more, not {self.teacher_sft_epochs}.")
@@ -305,6 +356,17 @@ class PrepareConfig:
         for name in ("teacher_dagger_samples", "student_dagger_samples"):
             _check(getattr(self, name) >= 0, f"{name} must be 0 or more, not {getattr(self, name)}.")
         _check(0 <= self.dagger_epsilon <= 1, f"dagger_epsilon must be in [0, 1], not {self.dagger_epsilon}.")
+        _check(
+            self.dagger_expert in DAGGER_EXPERTS,
+            f"dagger_expert must be one of {', '.join(DAGGER_EXPERTS)}, not {self.dagger_expert!r}.",
+        )
+        for name in ("teacher_shape", "student_shape"):
+            _check(
+                bool(re.fullmatch(r"[1-9]\d*x[1-9]\d*", getattr(self, name))),
+                f"{name} must read <hidden size>x<layers> (e.g. 128x4), not {getattr(self, name)!r}.",
+            )
+        for split in self.tokenizer_splits:
+            _check(split in SPLITS, f"unknown split {split!r} in tokenizer_splits; choose from {', '.join(SPLITS)}.")
 
 
 @dataclass
@@ -345,19 +407,28 @@ class Config:
 # ----------------------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read YAML (or the defaults when `path` is None), apply `key=value` overrides, validate."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: str | Path | None = None
+) -> Config:
+    """Read YAML (or the defaults when `path` is None), apply `key=value` overrides, validate.
+
+    `base` replaces the file's own `base:`: the file's settings are laid over that config instead, so the
+    ablation files (a few `train:` switches over default.yaml) run over any setting, e.g. configs/bench.yaml.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_yaml(Path(path))
+        raw = _read_yaml(Path(path), base=Path(base) if base is not None else None)
+    elif base is not None:
+        raw = _read_yaml(Path(base))
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(raw, key, value)
     return _build(Config, raw, prefix="")
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML file's settings; `base: other.yaml` (relative to the file) is read first and overlaid."""
+def _read_yaml(path: Path, seen: tuple[Path, ...] = (), base: Path | None = None) -> dict[str, Any]:
+    """A YAML file's settings; `base: other.yaml` (relative to the file), or `base` when given, is read
+    first and overlaid."""
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
@@ -368,10 +439,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of settings, not a {type(data).__name__}")
-    base = data.pop("base", None)
-    if base is None:
+    own_base = data.pop("base", None)
+    if base is None and own_base is None:
         return data
-    base_path = (path.parent / str(base)).resolve()
+    base_path = base.resolve() if base is not None else (path.parent / str(own_base)).resolve()
     if base_path in seen:
         raise UserError(f"config file {path} has a `base` cycle through {base_path}")
     return _overlay(_read_yaml(base_path, (*seen, path.resolve())), data)

@@ -49,7 +49,7 @@ class Episode:
     task: str = ""
     observation: str = ""
     admissible: list[str] = field(default_factory=list)
-    planner_action: str | None = None  # only when the pool plans (EnvPool(plan=True))
+    expert_action: str | None = None  # only when the pool runs an expert (EnvPool(expert=...))
     turns: list[dict] = field(default_factory=list)
     seen: set[tuple[str, str]] = field(default_factory=set)
     won: bool = False
@@ -58,7 +58,7 @@ class Episode:
 
     def request(self, prompt_ids: list[int]) -> TurnRequest:
         """What a policy gets to answer this episode's next turn."""
-        return TurnRequest(prompt_ids, self.spec.game, len(self.turns), tuple(self.admissible), self.planner_action)
+        return TurnRequest(prompt_ids, self.spec.game, len(self.turns), tuple(self.admissible), self.expert_action)
 
     def view(self, history: int, max_steps: int) -> TurnView:
         recent = [(t["observation"], t["action"]) for t in self.turns[-history:]] if history else []
@@ -141,7 +141,7 @@ class EpisodeRunner:
             task=result.task,
             observation=result.observation,
             admissible=result.admissible,
-            planner_action=result.planner_action,
+            expert_action=result.expert_action,
         )
 
     def _act(self, active: dict[int, Episode], seed: int) -> dict[int, str]:
@@ -183,10 +183,13 @@ class EpisodeRunner:
             ep.error, ep.finished = result.error, True
             return
         ep.observation, ep.admissible = result.observation, result.admissible
-        ep.planner_action = result.planner_action
+        ep.expert_action = result.expert_action
         ep.won = result.won
         ep.finished = result.done or len(ep.turns) >= self.max_steps
         turn.update(feedback=result.observation, done=ep.finished, won=result.won, error=None)
+
+
+PLAY_BATCH = 128
 
 
 def is_invalid(turn: dict) -> bool:
@@ -205,14 +208,18 @@ def play_games(
     history: int,
     think: bool,
     seed: int = 0,
-    plan: bool = False,
+    expert: str | None = None,
+    on_finished: Callable[[Episode], None] | None = None,
 ) -> list[Episode]:
-    """Play a list of episodes in one batch with a fresh worker pool (prepare's corpus and checks).
+    """Play a list of episodes with a fresh worker pool (prepare's corpus, DAgger plays and checks).
 
-    `plan` runs the planner in the environments, for policies that need its action (`NoisyPlannerPolicy`).
+    At most PLAY_BATCH episodes are under way at once: each live game holds its engine state in a worker,
+    and a thousand of them at once made every step crawl (prepare's DAgger play on the benchmark).
+    `expert` runs that expert in the environments, for policies that need its action (`NoisyExpertPolicy`).
     """
-    with EnvPool(num_workers, data_root, plan=plan) as pool:
+    with EnvPool(num_workers, data_root, expert=expert) as pool:
+        batch_size = min(len(specs), PLAY_BATCH)
         runner = EpisodeRunner(
-            policy, renderer, pool, batch_size=len(specs), max_steps=max_steps, history=history, think=think
+            policy, renderer, pool, batch_size=batch_size, max_steps=max_steps, history=history, think=think
         )
-        return runner.play(specs, seed=seed)
+        return runner.play(specs, seed=seed, on_finished=on_finished)

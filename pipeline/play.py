@@ -1,9 +1,10 @@
 """The rollout and eval stages: plan episodes, play the parts this process owns, write shards.
 
-Episodes are a fixed, sorted list (games × samples) cut into parts of `episodes_per_shard`; a part
-is played and written whole, so a rerun after a kill replays exactly the missing parts and nothing
-twice. Parts are dealt to processes by `index % num_shards == shard_index`. The settings that shape
-the data go into the manifest's config, so a rerun with different ones is refused, not mixed in.
+Episodes are a fixed list (the round's games × samples, recorded in the manifest) cut into parts
+of `episodes_per_shard`; a part is played and written whole, so a rerun after a kill replays exactly
+the missing parts and nothing twice. Parts are dealt to processes by `index % num_shards ==
+shard_index`. The settings that shape the data go into the manifest's config, so a rerun with
+different ones is refused, not mixed in.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pipeline.atomic import write_json
 from pipeline.backends.factory import load_generator, stage_backend
 from pipeline.backends.hf import load_tokenizer, require_model_dir
 from pipeline.config import ENGINE_SETTINGS, Config, PlayConfig
-from pipeline.envs.games import discover_games, resolve_data_root, select_games
+from pipeline.envs.games import Game, discover_games, resolve_data_root, sample_games
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.workers import EnvPool
 from pipeline.episodes import Episode, EpisodeRunner, EpisodeSpec, PlayTimings, derive_seed
@@ -73,15 +74,34 @@ class Sharding:
 ALL_PARTS = Sharding()  # one process does every part
 
 
-def plan_episodes(config: Config, play: PlayConfig) -> tuple[Path, list[EpisodeSpec]]:
+def plan_episodes(config: Config, play: PlayConfig, round_: int) -> tuple[Path, list[EpisodeSpec]]:
+    """The data root and the round's episodes: each split's games (see `play.games`) x samples."""
     root = resolve_data_root(config.data.source, config.data.path)
     specs = [
         EpisodeSpec(game, sample)
         for split in play.splits
-        for game in select_games(discover_games(root, split), play.num_games)
+        for game in _split_games(discover_games(root, split), play, _draw_key(play, config.seed, round_, split))
         for sample in range(play.samples_per_game)
     ]
     return root, specs
+
+
+def _draw_key(play: PlayConfig, seed: int, round_: int, split: str) -> str:
+    """`per_round`: a new draw for every (seed, round); `fixed`: one per split, the same for every run."""
+    return f"per_round/{seed}/{round_}/{split}" if play.games == "per_round" else f"fixed/{split}"
+
+
+def _split_games(games: list[Game], play: PlayConfig, key: str) -> list[Game]:
+    if play.num_games > len(games):
+        raise UserError(
+            f"{play.section}.num_games={play.num_games} but split {games[0].split} holds {len(games)} games"
+        )
+    return sample_games(games, play.num_games, key)
+
+
+def game_ids(specs: list[EpisodeSpec]) -> list[str]:
+    """The games the episodes play, once each, in play order."""
+    return list(dict.fromkeys(spec.game.game_id for spec in specs))
 
 
 def chunk(specs: list[EpisodeSpec], size: int) -> list[list[EpisodeSpec]]:
@@ -153,7 +173,7 @@ def _run_play(
     force: bool,
     progress: ProgressSink | None,
 ) -> StageResult:
-    data_root, specs = plan_episodes(config, play)
+    data_root, specs = plan_episodes(config, play, round_)
     for folder in {_tokenizer_path(config, policy), policy.model} - {None}:
         require_model_dir(folder)
     parts = chunk(specs, play.episodes_per_shard)
@@ -164,7 +184,7 @@ def _run_play(
         num_parts=len(parts),
         force=force,
         config=_work_config(config, play, round_, policy, temperature),
-        inputs={"data_root": str(data_root), "episodes": [s.episode_id for s in specs]},
+        inputs={"data_root": str(data_root), "games": game_ids(specs), "episodes": [s.episode_id for s in specs]},
         models={"policy": policy.label, "checkpoint": policy.model, "tokenizer": _tokenizer_path(config, policy)},
     )
     mine = [i for i in range(len(parts)) if sharding.owns(i)]

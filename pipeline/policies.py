@@ -1,8 +1,9 @@
 """Policies: who chooses the action at each turn.
 
-`ExpertPolicy` replays the game's walkthrough (an ALFWorld expert solution); `NoisyPlannerPolicy`
-follows the planner from whatever state it is in, with random detours (DAgger-style data for the tiny
-models' warm starts); `LMPolicy` samples from a language model through a backend. All answer a batch of turns at
+`ExpertPolicy` replays the game's walkthrough (an ALFWorld expert solution); `NoisyExpertPolicy`
+follows an env-side expert (the planner, or the searcher) from whatever state it is in, with random
+detours (DAgger-style data for the tiny models' warm starts); `LMPolicy` samples from a language model
+through a backend. All answer a batch of turns at
 once and return the same record, so rollout and eval never care which one is playing. Expert
 responses are written in the prompt's response format and tokenized with the run's tokenizer, so expert
 turns can be trained on (SFT).
@@ -23,13 +24,13 @@ from pipeline.envs.prompts import format_response
 
 @dataclass(frozen=True)
 class TurnRequest:
-    """One turn to answer: the rendered prompt, plus what the experts read (game, turn, state's plan)."""
+    """One turn to answer: the rendered prompt, plus what the experts read (game, turn, the env expert's action)."""
 
     prompt_ids: list[int]
     game: Game
     turn: int
     admissible: tuple[str, ...] = ()
-    planner_action: str | None = None  # the planner's next command from this state, when the env plans
+    expert_action: str | None = None  # the env expert's next command from this state, when it runs one
 
 
 class Policy(Protocol):
@@ -69,20 +70,20 @@ def answer(tokenizer, action: str, reasoning: str | None) -> Generation:
     return Generation(ids=ids, text=text, logprobs=[0.0] * len(ids))
 
 
-class NoisyPlannerPolicy:
-    """Follows the planner from any state, with a random detour at each turn with probability `epsilon`.
+class NoisyExpertPolicy:
+    """Follows the env's expert from any state, with a random detour at each turn with probability `epsilon`.
 
     An expert that only ever saw the walkthrough's states has nothing sensible to say once a student
     strays from them, and a student's own states stray all the time. This policy's episodes leave the
-    expert path and come back (the planner replans from wherever it is), and every state it visits is
-    recorded in `demonstrations` with the planner's action there, as (prompt ids, response): DAgger's
+    expert path and come back (the expert answers from wherever it is), and every state it visits is
+    recorded in `demonstrations` with the expert's action there, as (prompt ids, response): DAgger's
     data, what the tiny models' warm starts learn from. A detour is, with even odds, a random admissible action
     (a wrong turn) or a walkthrough command that is not admissible here (a student running ahead of
-    itself: "Nothing happens."), the two mistakes students make. Needs an env that plans
-    (`play_games(..., plan=True)`).
+    itself: "Nothing happens."), the two mistakes students make. Needs an env that runs an expert
+    (`play_games(..., expert="planner" | "search")`).
     """
 
-    name = "noisy-planner"
+    name = "noisy-expert"
 
     def __init__(self, tokenizer, think: bool, epsilon: float) -> None:
         if not 0 <= epsilon <= 1:
@@ -96,9 +97,9 @@ class NoisyPlannerPolicy:
         rng = random.Random(seed)
         responses = []
         for request in requests:
-            if request.planner_action is None:
-                raise ValueError("NoisyPlannerPolicy needs the planner's action: play with an env that plans")
-            expert = answer(self.tokenizer, request.planner_action, self.reasoning)
+            if request.expert_action is None:
+                raise ValueError("NoisyExpertPolicy needs the env expert's action: play with an env that runs one")
+            expert = answer(self.tokenizer, request.expert_action, self.reasoning)
             self.demonstrations.append((list(request.prompt_ids), expert))
             detour = rng.random() < self.epsilon
             responses.append(answer(self.tokenizer, self._detour(request, rng), self.reasoning) if detour else expert)

@@ -123,24 +123,17 @@ class TinyModelSpec:
         """Width of one attention head."""
         return self.hidden_size // self.num_heads
 
+    @classmethod
+    def of_shape(cls, shape: str) -> TinyModelSpec:
+        """`<hidden size>x<layers>`: heads of width 32, half as many key/value heads, an MLP 3x as wide."""
+        hidden_size, num_layers = (int(part) for part in shape.split("x"))
+        heads = max(1, hidden_size // 32)
+        return cls(hidden_size, num_layers, heads, max(1, heads // 2), 3 * hidden_size)
+
 
 # With a 2048-token vocabulary (tied embeddings): student 229,952 parameters, teacher 1,050,752.
-STUDENT_SPEC = TinyModelSpec(
-    hidden_size=64,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    intermediate_size=192,
-    max_position_embeddings=4096,
-)
-TEACHER_SPEC = TinyModelSpec(
-    hidden_size=128,
-    num_layers=4,
-    num_heads=4,
-    num_kv_heads=2,
-    intermediate_size=384,
-    max_position_embeddings=4096,
-)
+STUDENT_SPEC = TinyModelSpec.of_shape("64x2")
+TEACHER_SPEC = TinyModelSpec.of_shape("128x4")
 
 
 def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:

@@ -29,11 +29,12 @@ from pipeline.atomic import write_json
 from pipeline.backends.factory import load_hf_model
 from pipeline.backends.hf import HFGenerator, load_tokenizer
 from pipeline.config import Config, TrainConfig
+from pipeline.envs.games import select_games
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.episodes import EpisodeSpec, play_games
 from pipeline.evaluation import turn_rows
 from pipeline.play import plan_episodes
-from pipeline.policies import ExpertPolicy, LMPolicy, NoisyPlannerPolicy, Policy
+from pipeline.policies import ExpertPolicy, LMPolicy, NoisyExpertPolicy, Policy
 from pipeline.train_data import build_examples
 from pipeline.trainer import train_student
 
@@ -45,7 +46,18 @@ def sft_record(model: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def play(config: Config, policy: Policy, tokenizer, specs: list[EpisodeSpec], data_root: Path, plan: bool = False):
+def play(
+    config: Config,
+    policy: Policy,
+    tokenizer,
+    specs: list[EpisodeSpec],
+    data_root: Path,
+    expert: str | None = None,
+    progress=None,
+):
+    """Play `specs` with prepare's settings; `progress` (a ProgressSink) is told each finished episode."""
+    if progress is not None:
+        progress.begin(len(specs))
     return play_games(
         policy,
         PromptRenderer(tokenizer, config.env.think),
@@ -56,7 +68,8 @@ def play(config: Config, policy: Policy, tokenizer, specs: list[EpisodeSpec], da
         history=config.env.history,
         think=config.env.think,
         seed=config.seed,
-        plan=plan,
+        expert=expert,
+        on_finished=progress,
     )
 
 
@@ -68,21 +81,26 @@ def expert_rows(config: Config, specs: list[EpisodeSpec], data_root: Path, token
 
 
 def dagger_rows(
-    config: Config, specs: list[EpisodeSpec], data_root: Path, tokenizer, samples: int
+    config: Config, specs: list[EpisodeSpec], data_root: Path, tokenizer, samples: int, progress=None
 ) -> list[dict[str, Any]]:
-    """(prompt, planner action) rows from `samples` noisy-planner episodes of each game."""
+    """(prompt, expert action) rows from `samples` noisy-expert episodes of each game (`prepare.dagger_expert`)."""
     if samples == 0:
         return []
-    policy = NoisyPlannerPolicy(tokenizer, config.env.think, config.prepare.dagger_epsilon)
+    policy = NoisyExpertPolicy(tokenizer, config.env.think, config.prepare.dagger_epsilon)
     noisy = [EpisodeSpec(spec.game, sample) for spec in specs for sample in range(samples)]
-    play(config, policy, tokenizer, noisy, data_root, plan=True)
+    play(config, policy, tokenizer, noisy, data_root, expert=config.prepare.dagger_expert, progress=progress)
     return [
         {"episode_id": f"dagger#{index}", "turn": 0, "prompt_ids": prompt, "response_ids": response.ids}
         for index, (prompt, response) in enumerate(policy.demonstrations)
     ]
 
 
+GREEDY_CHECK_GAMES = 24  # a quick look, balanced over task types; eval measures the splits properly
+
+
 def greedy_success(config: Config, model: str, specs: list[EpisodeSpec], data_root: Path) -> float:
+    """Greedy success on (at most GREEDY_CHECK_GAMES of) the games the model was warm-started on."""
+    specs = [EpisodeSpec(game, 0) for game in select_games([spec.game for spec in specs], GREEDY_CHECK_GAMES)]
     tokenizer = load_tokenizer(model)
     policy = LMPolicy("check", HFGenerator(load_hf_model(config, model), tokenizer), config.sampling, temperature=0.0)
     episodes = play(config, policy, tokenizer, specs, data_root)
@@ -109,8 +127,10 @@ def sft_in_place(config: Config, model: str, rows: list[dict[str, Any]], epochs:
     return summary.steps
 
 
-def warm_start_models(config: Config) -> dict[str, dict[str, Any] | None]:
+def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, Any] | None]:
     """SFT the teacher and the student once each, as `config.prepare` says; returns their records.
+
+    `progress_for(label, unit)` may return a progress sink for the DAgger plays (the CLI's bars).
 
     Both learn from the expert turns of the rollout games (one episode per game) and from their own
     number of DAgger episodes per game; the student gets fewer epochs, so it wins few games.
@@ -123,15 +143,16 @@ def warm_start_models(config: Config) -> dict[str, dict[str, Any] | None]:
     models = {name: getattr(config.models, name) for name in plan}
     todo = [name for name, (epochs, _, _) in plan.items() if epochs > 0 and sft_record(models[name]) is None]
     if todo:
-        data_root, specs = plan_episodes(config, replace(config.rollout, samples_per_game=1))
+        data_root, specs = plan_episodes(config, replace(config.rollout, num_games=0, samples_per_game=1), 0)
         tokenizer = load_tokenizer(config.models.student)
-        rows = expert_rows(config, specs, data_root, tokenizer)
+        rows = expert_rows(config, specs, data_root, tokenizer) if settings.walkthroughs else []
         dagger: dict[int, list[dict[str, Any]]] = {}  # by episodes per game: equal counts share one play
         for name in todo:
             model = models[name]
             epochs, learning_rate, samples = plan[name]
             if samples not in dagger:
-                dagger[samples] = dagger_rows(config, specs, data_root, tokenizer, samples)
+                bar = progress_for(f"DAgger episodes ({samples} per game)", "episodes") if progress_for else None
+                dagger[samples] = dagger_rows(config, specs, data_root, tokenizer, samples, bar)
             extra = dagger[samples]
             tick = time.perf_counter()
             steps = sft_in_place(config, model, rows + extra, epochs, learning_rate)
@@ -144,6 +165,7 @@ def warm_start_models(config: Config) -> dict[str, dict[str, Any] | None]:
                 "seconds": round(time.perf_counter() - tick, 1),
                 "greedy_success": greedy_success(config, model, specs, data_root),
                 "games": len(specs),
+                "greedy_games": min(len(specs), GREEDY_CHECK_GAMES),
             }
             write_json(Path(model) / SFT_RECORD, record)
     return {name: sft_record(model) for name, model in models.items()}

@@ -9,6 +9,7 @@ import typer
 from pipeline.annotate import AnnotateResult, run_annotate
 from pipeline.play import Sharding
 from stages.common import (
+    BaseOpt,
     ConfigOpt,
     ForceOpt,
     NumShardsOpt,
@@ -40,6 +41,7 @@ def summary_line(result: AnnotateResult) -> str:
 @user_errors
 def annotate(
     config: ConfigOpt = None,
+    base: BaseOpt = None,
     run: RunOpt = None,
     round_: RoundOpt = None,
     set_: SetOpt = None,
@@ -50,7 +52,7 @@ def annotate(
     force: ForceOpt = False,
 ) -> None:
     """Label every turn skip/weak/strong and store the teacher's per-token scores."""
-    cfg = build_config(config, run, set_, "annotate", judge=judge, out=out)
+    cfg = build_config(config, run, set_, "annotate", base, judge=judge, out=out)
     round_ = pick_round(cfg, round_)
     progress = StageProgress(f"annotate round {round_}", "turns")
     try:

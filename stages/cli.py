@@ -13,6 +13,7 @@ from stages.prepare import prepare
 from stages.report import report
 from stages.rollout import rollout
 from stages.round import round_
+from stages.sweep import sweep
 from stages.train import train
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command("eval")(evaluate)
 app.command("annotate")(annotate)
 app.command("train")(train)
 app.command("round")(round_)
+app.command("sweep")(sweep)
 app.command("inspect")(inspect)
 app.command("report")(report)
 

@@ -34,6 +34,10 @@ OFFLINE_ENV = {
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: configs/default.yaml).")]
+BaseOpt = Annotated[
+    Path | None,
+    typer.Option(help="Lay the config over this one instead of its own `base:` (an ablation over configs/bench.yaml)."),
+]
 RunOpt = Annotated[str | None, typer.Option(help="Run name (overrides the config's `run`).")]
 RoundOpt = Annotated[int | None, typer.Option("--round", help="Round number (default: the newest round, or 1).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set rollout.num_games=4.")]
@@ -67,16 +71,22 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_config(
-    config: Path | None, run: str | None, overrides: list[str] | None, section: str | None = None, **play: Any
+    config: Path | None,
+    run: str | None,
+    overrides: list[str] | None,
+    section: str | None = None,
+    base: Path | None = None,
+    **play: Any,
 ) -> Config:
-    """Config file + `--set` overrides + the command's own options (they win, being most specific)."""
+    """Config file (over `base`, when given) + `--set` overrides + the command's own options (they win, being
+    most specific)."""
     items = list(overrides or [])
     if run is not None:
         items.append(f"run={run}")
     for key, value in play.items():
         if value is not None and value != []:
             items.append(f"{section}.{key}={_yaml_value(value)}")
-    return load_config(config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None), items)
+    return load_config(config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None), items, base)
 
 
 def _yaml_value(value: Any) -> str:
@@ -115,6 +125,10 @@ class StageProgress:
     def advance(self, count: int = 1, note: str | None = None) -> None:
         fields = {} if note is None else {"note": note}
         self._progress.update(self._task, advance=count, **fields)
+
+    def __call__(self, _item: object = None) -> None:
+        """One more item done (a `ProgressSink`: told each finished episode or game)."""
+        self.advance()
 
     def close(self) -> None:
         if self._task is not None:
@@ -157,6 +171,7 @@ def play_command(section: str, stage: Callable[..., StageResult], doc: str) -> C
     @user_errors
     def command(
         config: ConfigOpt = None,
+        base: BaseOpt = None,
         run: RunOpt = None,
         round_: RoundOpt = None,
         set_: SetOpt = None,
@@ -173,6 +188,7 @@ def play_command(section: str, stage: Callable[..., StageResult], doc: str) -> C
             run,
             set_,
             section,
+            base,
             policy=policy,
             splits=split,
             num_games=num_games,

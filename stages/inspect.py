@@ -30,7 +30,17 @@ from pipeline.inspection import (
 )
 from pipeline.judges import LABELS
 from pipeline.runs import RunLayout
-from stages.common import ConfigOpt, RoundOpt, RunOpt, SetOpt, build_config, err_console, pick_round, user_errors
+from stages.common import (
+    BaseOpt,
+    ConfigOpt,
+    RoundOpt,
+    RunOpt,
+    SetOpt,
+    build_config,
+    err_console,
+    pick_round,
+    user_errors,
+)
 
 AnnotationsOpt = Annotated[
     str | None, typer.Option(help="Annotations folder inside the round (default: the config's annotate.out).")
@@ -49,6 +59,7 @@ LABEL_STYLES = {"skip": "dim", "weak": "yellow", "strong": "bold red"}
 @user_errors
 def inspect(
     config: ConfigOpt = None,
+    base: BaseOpt = None,
     run: RunOpt = None,
     round_: RoundOpt = None,
     set_: SetOpt = None,
@@ -62,7 +73,7 @@ def inspect(
     """Print a round's turns joined with their annotations (or, with --summary, label and confidence tables)."""
     if limit < 1:
         raise UserError(f"--limit must be 1 or more, got {limit}")
-    cfg = build_config(config, run, set_, "annotate", out=annotations)
+    cfg = build_config(config, run, set_, "annotate", base, out=annotations)
     round_ = pick_round(cfg, round_)
     layout = RunLayout.of(cfg)
     turns_dir = layout.stage_dir(round_, "turns")

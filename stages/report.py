@@ -1,4 +1,4 @@
-"""`sage-opd report`: success per round and task type, runs side by side, PNG figures, in a report folder."""
+"""`sage-opd report`: success per round and task type, runs side by side, seeds aggregated, PNG figures."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from pipeline.report import write_report
+from pipeline.report.groups import several_seeds
 from pipeline.report.tables import Table, column_title
-from stages.common import ConfigOpt, SetOpt, build_config, user_errors
+from stages.common import BaseOpt, ConfigOpt, SetOpt, build_config, user_errors
 
 RunsOpt = Annotated[
     list[str] | None, typer.Option("--run", help="A run to report on (repeat for several; default: the config's run).")
 ]
 BaselineOpt = Annotated[
-    str | None, typer.Option(help="Report every other run's improvement over this run (one of the --run runs).")
+    str | None,
+    typer.Option(
+        help="Report every other run's (and group's) difference to this run or group of seeds "
+        "(one of the --run runs, or a group of them: `opd` for opd-s0, opd-s1, …)."
+    ),
 ]
 OutOpt = Annotated[
     Path | None, typer.Option(help="Report folder (default: reports/<runs> beside the config's runs_dir).")
@@ -28,13 +33,16 @@ OutOpt = Annotated[
 @user_errors
 def report(
     config: ConfigOpt = None,
+    base: BaseOpt = None,
     run: RunsOpt = None,
     set_: SetOpt = None,
     baseline: BaselineOpt = None,
     out: OutOpt = None,
 ) -> None:
-    """Write report.md and figures/*.png for one or more runs, and print the success table."""
-    cfg = build_config(config, None, set_)
+    """Write report.md and figures/*.png for one or more runs, and print the success table.
+
+    Runs that differ only in seed are a group: mean ± 95% t-interval over its seeds."""
+    cfg = build_config(config, None, set_, base=base)
     names = run or [cfg.run]
     runs_dir = Path(cfg.runs_dir)
     folder = out or runs_dir.parent / "reports" / "-".join(names)
@@ -45,7 +53,11 @@ def report(
     for note in written.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
     rounds = ", ".join(f"{r.name} {len(r.rounds)} round{'s' if len(r.rounds) != 1 else ''}" for r in written.runs)
-    typer.echo(f"report: {rounds}; {len(written.tables)} tables, {len(written.figures)} figures -> {written.page}")
+    seeds = ", ".join(f"{g.name} {len(g.runs)} seed{'s' if len(g.runs) != 1 else ''}" for g in written.groups)
+    grouped = f"; groups {seeds}" if several_seeds(written.groups) else ""
+    typer.echo(
+        f"report: {rounds}{grouped}; {len(written.tables)} tables, {len(written.figures)} figures -> {written.page}"
+    )
 
 
 def rich_table(table: Table) -> RichTable:

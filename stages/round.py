@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from pipeline.rounds import rounds_path, run_round
-from stages.common import ConfigOpt, EpisodeProgress, RunOpt, SetOpt, StageProgress, build_config, user_errors
+from stages.common import BaseOpt, ConfigOpt, EpisodeProgress, RunOpt, SetOpt, StageProgress, build_config, user_errors
 
 
 def summary_line(entry: dict[str, Any], where: str) -> str:
@@ -25,9 +25,9 @@ def summary_line(entry: dict[str, Any], where: str) -> str:
 
 
 @user_errors
-def round_(config: ConfigOpt = None, run: RunOpt = None, set_: SetOpt = None) -> None:
+def round_(config: ConfigOpt = None, base: BaseOpt = None, run: RunOpt = None, set_: SetOpt = None) -> None:
     """Run the next round of a run (or finish the one a stop interrupted)."""
-    cfg = build_config(config, run, set_)
+    cfg = build_config(config, run, set_, base=base)
     bars: list[StageProgress] = []
 
     def progress_for(stage: str, number: int) -> StageProgress:

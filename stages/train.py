@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from pipeline.train import TrainResult, run_train
-from stages.common import ConfigOpt, ForceOpt, RoundOpt, RunOpt, SetOpt, build_config, pick_round, user_errors
+from stages.common import BaseOpt, ConfigOpt, ForceOpt, RoundOpt, RunOpt, SetOpt, build_config, pick_round, user_errors
 
 
 def summary_line(result: TrainResult) -> str:
@@ -21,8 +21,13 @@ def summary_line(result: TrainResult) -> str:
 
 @user_errors
 def train(
-    config: ConfigOpt = None, run: RunOpt = None, round_: RoundOpt = None, set_: SetOpt = None, force: ForceOpt = False
+    config: ConfigOpt = None,
+    base: BaseOpt = None,
+    run: RunOpt = None,
+    round_: RoundOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Train the student on the round's turns weighted by the teacher's annotations."""
-    cfg = build_config(config, run, set_)
+    cfg = build_config(config, run, set_, base=base)
     typer.echo(summary_line(run_train(cfg, pick_round(cfg, round_), force)))

@@ -36,6 +36,7 @@ def cli(tmp_path, tiny_models):
         (["rollout", "--set", "env.max_steps=-1"], "bad config value in env: max_steps must be at least 1"),
         (["rollout", "--split", "test"], "unknown split 'test'"),
         (["eval", "--num-games", "-2"], "num_games must be 0 (all) or more"),
+        (["rollout", "--num-games", "999"], "rollout.num_games=999 but split train holds 12 games"),
         (["rollout", "--config", "nowhere.yaml"], "config file not found: nowhere.yaml"),
         (["rollout", "--policy", "no/such/checkpoint"], "--policy must be one of student, teacher, expert"),
         (["rollout", "--set", "models.student=/no/such/model"], "model folder /no/such/model does not exist"),

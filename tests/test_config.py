@@ -108,34 +108,62 @@ def test_a_base_cycle_is_refused(tmp_path):
 
 
 ABLATIONS = {
-    # name: (loss, turn_selection, confidence, normalize, binary_labels)
-    "sage": ("rkl", True, "token", True, False),
-    "opd": ("rkl", False, "none", False, False),
-    "no-turn-selection": ("rkl", False, "token", True, False),
-    "no-confidence": ("rkl", True, "none", True, False),
-    "no-normalization": ("rkl", True, "token", False, False),
-    "binary-label": ("rkl", True, "token", True, True),
-    "turn-confidence": ("rkl", True, "turn", True, False),
-    "sft": ("sft", False, "none", False, False),
+    # name: (loss, turn_selection, confidence, normalize, binary_labels, rollout policy); loss None = the base's
+    "sage": (None, True, "token", True, False, "student"),
+    "opd": (None, False, "none", False, False, "student"),
+    "opd-rkl": ("rkl", False, "none", False, False, "student"),
+    "no-turn-selection": (None, False, "token", True, False, "student"),
+    "no-confidence": (None, True, "none", True, False, "student"),
+    "no-normalization": (None, True, "token", False, False, "student"),
+    "binary-label": (None, True, "token", True, True, "student"),
+    "turn-confidence": (None, True, "turn", True, False, "student"),
+    "sft": ("sft", False, "none", False, False, "expert"),
+    "sft-teacher": ("sft", False, "none", False, False, "teacher"),
 }
 
 
+@pytest.mark.parametrize("base", [None, "bench.yaml"])
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
-def test_each_ablation_is_the_default_setting_with_its_switches(name):
-    config = load_config(REPO / "configs" / "ablations" / f"{name}.yaml")
-    default = load_config(REPO / "configs" / "default.yaml")
+def test_each_ablation_is_its_base_setting_with_its_switches(name, base):
+    """Over its own base (default.yaml) or over another one given as `base` (the mini benchmark's)."""
+    base_path = REPO / "configs" / (base or "default.yaml")
+    config = load_config(REPO / "configs" / "ablations" / f"{name}.yaml", base=base_path if base else None)
+    setting = load_config(base_path)
     train = config.train
-    loss = default.train.loss if ABLATIONS[name][0] == "rkl" else "sft"
+    loss, *switches, policy = ABLATIONS[name]
     assert (train.loss, train.turn_selection, train.confidence, train.normalize, train.binary_labels) == (
-        loss,
-        *ABLATIONS[name][1:],
+        loss or setting.train.loss,
+        *switches,
     )
-    assert config.run == name
-    assert config.env == default.env and config.sampling == default.sampling and config.annotate == default.annotate
+    assert config.run == name and config.rollout.policy == policy
+    assert (config.data, config.models, config.env, config.sampling, config.annotate, config.prepare, config.eval) == (
+        setting.data,
+        setting.models,
+        setting.env,
+        setting.sampling,
+        setting.annotate,
+        setting.prepare,
+        setting.eval,
+    )
 
 
 def test_every_ablation_file_is_covered():
     assert {p.stem for p in (REPO / "configs" / "ablations").glob("*.yaml")} == set(ABLATIONS)
+
+
+def test_a_config_without_a_file_can_still_take_a_base():
+    assert load_config(None, [], base=REPO / "configs" / "bench.yaml").data.source == "bench"
+
+
+def test_the_new_prepare_settings_are_checked():
+    with pytest.raises(UserError, match="teacher_shape must read <hidden size>x<layers>"):
+        load_config(None, ["prepare.teacher_shape=128-4"])
+    with pytest.raises(UserError, match="dagger_expert must be one of planner, search"):
+        load_config(None, ["prepare.dagger_expert=oracle"])
+    with pytest.raises(UserError, match="unknown split 'test' in tokenizer_splits"):
+        load_config(None, ["prepare.tokenizer_splits=[train, test]"])
+    with pytest.raises(UserError, match="source must be one of mini, bench, alfworld"):
+        load_config(None, ["data.source=real"])
 
 
 def test_scientific_notation_is_a_float():

@@ -1,6 +1,7 @@
 """The real ALFWorld engine: our wrapper, the worker pool's failure handling, and expert play."""
 
 import os
+import random
 import signal
 
 import pytest
@@ -119,47 +120,88 @@ def test_a_planning_game_names_an_expert_action_from_any_state(monkeypatch):
     """The planner answers from states off the walkthrough too: after a detour its plan still wins."""
     monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
     game = discover_games(MINI_DATA, "train")[0]
-    assert AlfWorldGame(str(game.path)).reset().planner_action is None  # no planner unless asked
-    env = AlfWorldGame(str(game.path), plan=True)
+    assert AlfWorldGame(str(game.path)).reset().expert_action is None  # no expert unless asked
+    env = AlfWorldGame(str(game.path), expert="planner")
     state = env.reset()
-    assert state.planner_action == game.walkthrough[0]
+    assert state.expert_action == game.walkthrough[0]
     detour = next(a for a in state.admissible if a.startswith("go to") and a != game.walkthrough[0])
     state = env.step(detour)
     for _ in range(3 * len(game.walkthrough)):
-        assert state.planner_action in state.admissible
-        state = env.step(state.planner_action)
+        assert state.expert_action in state.admissible
+        state = env.step(state.expert_action)
         if state.won:
             break
-    assert state.won and state.planner_action is None  # nothing left to plan once won
+    assert state.won and state.expert_action is None  # nothing left to plan once won
     env.close()
 
 
-def test_the_noisy_planner_records_the_planner_action_of_every_state_it_visits(tiny_models):
+@pytest.mark.parametrize("game_index", range(12))
+def test_the_searching_expert_wins_from_any_state_with_admissible_actions_only(monkeypatch, game_index):
+    """Two random detours first (the states a student strays into), then the searcher alone wins."""
+    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
+    game = discover_games(MINI_DATA, "train")[game_index]
+    env = AlfWorldGame(str(game.path), expert="search")
+    state = env.reset()
+    rng = random.Random(game_index)
+    for _ in range(2):
+        state = env.step(rng.choice(state.admissible))
+    for _ in range(30):
+        if state.won:
+            break
+        assert state.expert_action in state.admissible
+        state = env.step(state.expert_action)
+    assert state.won and state.expert_action is None
+    env.close()
+
+
+def test_an_unknown_env_expert_is_refused(monkeypatch):
+    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
+    with pytest.raises(ValueError, match="expert must be one of planner, search"):
+        AlfWorldGame(str(discover_games(MINI_DATA, "train")[0].path), expert="oracle")
+
+
+@pytest.mark.parametrize("expert", ["planner", "search"])
+def test_the_noisy_expert_records_the_expert_action_of_every_state_it_visits(tiny_models, expert):
     from pipeline.episodes import play_games
-    from pipeline.policies import NoisyPlannerPolicy
+    from pipeline.policies import NoisyExpertPolicy
 
     tokenizer = load_tokenizer(tiny_models["student"])
     games = discover_games(MINI_DATA, "train")[:2]
     specs = [EpisodeSpec(g, s) for g in games for s in range(2)]
 
     def play(epsilon: float):
-        policy = NoisyPlannerPolicy(tokenizer, think=False, epsilon=epsilon)
+        policy = NoisyExpertPolicy(tokenizer, think=False, epsilon=epsilon)
         episodes = play_games(
             policy, PromptRenderer(tokenizer, False), specs, str(MINI_DATA),
-            num_workers=2, max_steps=12, history=2, think=False, plan=True,
+            num_workers=2, max_steps=16, history=2, think=False, expert=expert,
         )  # fmt: skip
         return policy, episodes
 
     clean, episodes = play(0.0)
-    assert all(ep.won for ep in episodes)  # the planner alone wins every game
+    assert all(ep.won for ep in episodes)  # the expert alone wins every game
     assert len(clean.demonstrations) == sum(len(ep.turns) for ep in episodes)
     played = sorted((tuple(t["prompt_ids"]), t["response_text"]) for ep in episodes for t in ep.turns)
     assert sorted((tuple(p), r.text) for p, r in clean.demonstrations) == played  # recorded turn by turn, batched
-    noisy, episodes = play(1.0)  # every action random; the labels are still the planner's
+    noisy, episodes = play(1.0)  # every action random; the labels are still the expert's
     played = [t["prompt_ids"] for ep in episodes for t in ep.turns]
     assert sorted(map(tuple, played)) == sorted(tuple(p) for p, _ in noisy.demonstrations)
     actions = [t["action"] for ep in episodes for t in ep.turns]
     labels = [r.text.removeprefix("<action>").removesuffix("</action>") for _, r in noisy.demonstrations]
     assert actions != labels and all(r.logprobs == [0.0] * len(r.ids) for _, r in noisy.demonstrations)
     with pytest.raises(ValueError, match="epsilon"):
-        NoisyPlannerPolicy(tokenizer, think=False, epsilon=1.5)
+        NoisyExpertPolicy(tokenizer, think=False, epsilon=1.5)
+
+
+def test_many_requests_to_one_worker_never_fill_its_pipes(monkeypatch):
+    """Past MAX_IN_FLIGHT a submit takes in an answer first: with every reset sent before any answer is
+    read, the pipes fill both ways and both sides block (prepare's 1,000-episode plays hung that way)."""
+    from pipeline.envs import workers
+
+    monkeypatch.setattr(workers, "MAX_IN_FLIGHT", 2)
+    games = discover_games(MINI_DATA, "train")[:3]
+    with EnvPool(1, str(MINI_DATA)) as pool:
+        for slot in range(9):
+            pool.submit_reset(slot, str(games[slot % 3].path))
+        results = pool.collect()
+    assert sorted(results) == list(range(9)) and all(isinstance(r, EnvStep) for r in results.values())
+    assert [results[slot].task for slot in range(3)] == [results[slot].task for slot in range(3, 6)]

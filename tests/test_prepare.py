@@ -52,7 +52,7 @@ def test_missing_data_is_explained_and_only_fatal_when_needed(monkeypatch, tmp_p
     monkeypatch.delenv("ALFWORLD_DATA", raising=False)
     monkeypatch.setattr(prepare_module, "DEFAULT_FULL_DATA", tmp_path / "absent")
     root, note = locate_alfworld_data(None, download=False, required=False)
-    assert root is None and note.endswith("(not needed: this config plays the shipped mini games)")
+    assert root is None and note.endswith("(not needed: this config does not play the full data)")
     with pytest.raises(UserError, match="set ALFWORLD_DATA .* or pass --archive .* or --download"):
         locate_alfworld_data(None, download=False, required=True)
 
@@ -87,10 +87,14 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     models = {name: tmp_path / name for name in tiny_models}
     for name, path in tiny_models.items():
         shutil.copytree(path, models[name])
+    for game in discover_games(MINI_DATA, "train")[:3]:  # a 3-game split keeps the warm start short
+        folder = game.path.parent.parent
+        shutil.copytree(folder, tmp_path / "few" / "json_2.1.1" / "train" / folder.name)
     config = make_config(
         f"models.student={models['student']}",
         f"models.teacher={models['teacher']}",
-        "rollout.num_games=2",
+        f"data.path={tmp_path / 'few'}",
+        "rollout.num_games=1",  # a per-round sample; warm starts learn every game of the split
         "prepare.teacher_sft_epochs=2",
         "prepare.student_sft_epochs=1",
         "prepare.sft_batch_size=4",
@@ -99,7 +103,7 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     )
     records = warm_start_models(config)
     teacher, student = records["teacher"], records["student"]
-    assert (teacher["games"], teacher["epochs"], student["epochs"]) == (2, 2.0, 1.0)
+    assert (teacher["games"], teacher["epochs"], student["epochs"]) == (3, 2.0, 1.0)
     assert teacher["turns"] == student["turns"] > 0
     assert teacher["dagger_turns"] > student["dagger_turns"] > 0  # each model gets its own DAgger episodes
     assert teacher["steps"] == 2 * math.ceil((teacher["turns"] + teacher["dagger_turns"]) / 4)

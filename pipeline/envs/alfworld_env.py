@@ -4,15 +4,19 @@ The engine's first observation carries a banner and the task sentence; we split 
 prompt can show the task once and the observation on its own. `help` is admissible in the engine but
 useless to an agent, so it never reaches a prompt.
 
-With `plan=True` the engine also runs the Fast Downward planner after every reset and step (textworld's
-`policy_commands`, ~50 ms a step on the mini games): its first command is an expert action from *any*
-state, not only from the states of the stored walkthrough, which is what a DAgger-style expert needs.
+With `expert=` set, every reset and step also names an expert action from *any* state, not only from the
+states of the stored walkthrough, which is what a DAgger-style expert needs: `planner` runs the Fast
+Downward planner (textworld's `policy_commands`, ~50 ms a step on the mini games; it knows where every
+object is), `search` asks the memoryless searcher of `search_expert` (it acts on what the agent can know).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.envs.search_expert import SearchTask, WorldState, search_action
+
+EXPERTS = ("planner", "search")
 BANNER = "-= Welcome to TextWorld, ALFRED! =-"
 HIDDEN_COMMANDS = frozenset({"help"})
 
@@ -26,7 +30,7 @@ class EnvStep:
     won: bool
     done: bool
     task: str = ""
-    planner_action: str | None = None  # the planner's next command, when the game was started with plan=True
+    expert_action: str | None = None  # the expert's next command, when the game was started with an expert
 
 
 @dataclass
@@ -48,28 +52,42 @@ def split_task(text: str) -> tuple[str, str]:
 class AlfWorldGame:
     """A single game in the real engine. Not thread-safe; lives inside one worker process."""
 
-    def __init__(self, gamefile: str, plan: bool = False) -> None:
+    def __init__(self, gamefile: str, expert: str | None = None) -> None:
         import textworld
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
-        infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"], policy_commands=plan)
+        if expert not in (None, *EXPERTS):
+            raise ValueError(f"expert must be one of {', '.join(EXPERTS)} or None, not {expert!r}")
+        infos = textworld.EnvInfos(
+            won=True,
+            admissible_commands=True,
+            extras=["gamefile"],
+            policy_commands=expert == "planner",
+            facts=expert == "search",
+        )
         self._env = textworld.start(gamefile, request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
-        self._plan = plan
+        self._expert = expert
+        self._task = SearchTask.of_game(gamefile) if expert == "search" else None
 
     def reset(self) -> EnvStep:
         state = self._env.reset()
         observation, task = split_task(state["feedback"])
-        planner_action = self._next_command(state)
-        return EnvStep(observation, self._admissible(state), bool(state["won"]), False, task, planner_action)
+        expert_action = self._next_command(state)
+        return EnvStep(observation, self._admissible(state), bool(state["won"]), False, task, expert_action)
 
     def step(self, action: str) -> EnvStep:
         state, _score, done = self._env.step(action)
         won = bool(state["won"])
         feedback, admissible = state["feedback"].strip(), self._admissible(state)
-        return EnvStep(feedback, admissible, won, bool(done) or won, planner_action=self._next_command(state))
+        return EnvStep(feedback, admissible, won, bool(done) or won, expert_action=self._next_command(state))
 
     def _next_command(self, state) -> str | None:
-        commands = state["policy_commands"] if self._plan else None
+        """The expert's action from this state (None without an expert, or once the game is won)."""
+        if self._expert is None or state["won"]:
+            return None
+        if self._expert == "search":
+            return search_action(self._task, WorldState(state["facts"]))
+        commands = state["policy_commands"]
         return commands[0] if commands else None
 
     def close(self) -> None:

@@ -9,7 +9,8 @@ A game = a scene (a room's receptacles, fixed per scene number as in ALFRED) + a
 target object class, parent receptacle class) + objects placed by an RNG seeded from the game's name.
 Its walkthrough comes from the Fast Downward planner inside textworld; the game is then replayed in the
 engine exactly as the project's env loads it and must win at its last step only, or generation fails.
-Running it twice gives byte-identical files.
+Running it twice gives byte-identical files. The mini benchmark (`pipeline/envs/benchmark.py`) builds
+its 372 games with the same functions, over generated rooms instead of the hand-written `SCENES`.
 
     python -m pipeline.envs.minigen --out data/alfworld-mini
 """
@@ -138,6 +139,8 @@ SCENES: dict[int, tuple[str, dict[str, int]]] = {
         {"CounterTop": 1, "SinkBasin": 1, "Toilet": 1, "Drawer": 1, "HandTowelHolder": 1, "GarbageCan": 1},
     ),
 }
+
+Layouts = Mapping[int, tuple[str, Mapping[str, int]]]  # scene number -> (room, receptacle counts)
 
 
 @dataclass(frozen=True)
@@ -280,13 +283,14 @@ def _id_maker(kind: str, suffix: str = "") -> Callable[[random.Random], str]:
     return make
 
 
-def build_scene(number: int, used: set[str]) -> Scene:
-    """Scene `number`, the same at every call: its RNG is seeded by the number alone."""
+def build_scene(number: int, used: set[str], layouts: Layouts = SCENES) -> Scene:
+    """Scene `number` of `layouts`, the same at every call: its RNG is seeded by the number alone."""
     rng = random.Random(f"scene/{number}")
-    room, counts = SCENES[number]
+    room, counts = layouts[number]
     receptacles = []
     for kind, count in counts.items():
-        make = _id_maker("Sink", "|SinkBasin") if kind == "SinkBasin" else _id_maker(kind)
+        # A basin's ALFRED id names its fixture first ("Sink|...|SinkBasin"): the engine's names read "sinkbasin 1".
+        make = _id_maker(kind.removesuffix("Basin"), f"|{kind}") if kind.endswith("Basin") else _id_maker(kind)
         receptacles += [Thing(_unique(rng, used, make), kind, _unique(rng, used, _location)) for _ in range(count)]
     hosts = [r for r in receptacles if r.kind in LAMP_HOSTS][:1]
     fixtures = tuple(Thing(_unique(rng, used, _id_maker(LAMP)), LAMP, h.location, h.alfred_id) for h in hosts)
@@ -461,14 +465,18 @@ def verify_walkthrough(gamefile: Path, walkthrough: Sequence[str]) -> None:
         env.close()
 
 
-def generate_game(split: str, index: int, spec: TaskSpec, out: Path) -> tuple[Path, list[str]]:
-    """Build, solve and verify one game, then write it under `out`; return its folder and walkthrough."""
+def generate_game(
+    split: str, trial: str, spec: TaskSpec, out: Path, layouts: Layouts = SCENES
+) -> tuple[Path, list[str]]:
+    """Build, solve and verify one game, then write it under `out`; return its folder and walkthrough.
+
+    The object placement is seeded by the game's path (split, folder, trial), so it is new in every game.
+    """
     from alfworld.info import ALFRED_PDDL_PATH
 
-    trial = f"trial_mini_{index:02d}"
     seed = f"{split}/{spec.folder}/{trial}"
     used: set[str] = set()
-    scene = build_scene(spec.scene, used)
+    scene = build_scene(spec.scene, used, layouts)
     placed = place_objects(spec, scene, random.Random(seed), used)
     traj = traj_data(spec)
     game = {
@@ -499,7 +507,7 @@ def generate(
     for split in splits:
         for index, spec in enumerate(SPECS[split]):
             if spec.task_type in task_types:
-                yield generate_game(split, index, spec, Path(out))
+                yield generate_game(split, f"trial_mini_{index:02d}", spec, Path(out))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -18,9 +18,12 @@ from multiprocessing.connection import Connection, wait
 from pipeline.envs.alfworld_env import AlfWorldGame, EnvFailure, EnvStep
 
 EnvResult = EnvStep | EnvFailure
+# Requests in flight per worker before a submit first takes in an answer: a pipe holds ~200 KB each way, and a
+# worker blocked sending answers nobody reads stops reading requests, while we block sending it more.
+MAX_IN_FLIGHT = 32
 
 
-def _worker_main(conn: Connection, alfworld_data: str, plan: bool) -> None:
+def _worker_main(conn: Connection, alfworld_data: str, expert: str | None) -> None:
     """Serve (op, slot, arg) requests until told to stop: op is `reset` (arg = game file) or `step`."""
     os.environ["ALFWORLD_DATA"] = alfworld_data
     games: dict[int, AlfWorldGame] = {}
@@ -35,7 +38,7 @@ def _worker_main(conn: Connection, alfworld_data: str, plan: bool) -> None:
             if op == "reset":
                 if slot in games:
                     games.pop(slot).close()
-                games[slot] = AlfWorldGame(arg, plan)
+                games[slot] = AlfWorldGame(arg, expert)
                 result: EnvResult = games[slot].reset()
             else:
                 result = games[slot].step(arg)
@@ -51,23 +54,23 @@ class EnvPool:
 
     Usage: `submit_reset` / `submit_step` for any slots, then `collect()` waits for every submitted
     request and returns {slot: EnvStep | EnvFailure}. Time spent waiting is added to `wait_seconds`.
-    With `plan=True` every EnvStep carries the planner's next command (see `AlfWorldGame`).
+    With `expert` set every EnvStep carries that expert's next command (see `AlfWorldGame`).
     """
 
-    def __init__(self, num_workers: int, alfworld_data: str, plan: bool = False) -> None:
+    def __init__(self, num_workers: int, alfworld_data: str, expert: str | None = None) -> None:
         self._ctx = mp.get_context("spawn")
         self._alfworld_data = alfworld_data
-        self._plan = plan
+        self._expert = expert
         self._workers: list[tuple[mp.process.BaseProcess, Connection]] = [
             self._start_worker() for _ in range(num_workers)
         ]
         self._pending: dict[int, int] = {}  # slot -> worker index
-        self._settled: dict[int, EnvResult] = {}  # answered before collect() (failed submits)
+        self._settled: dict[int, EnvResult] = {}  # answered before collect(): failed submits, drained answers
         self.wait_seconds = 0.0
 
     def _start_worker(self) -> tuple[mp.process.BaseProcess, Connection]:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self._alfworld_data, self._plan), daemon=True)
+        process = self._ctx.Process(target=_worker_main, args=(child, self._alfworld_data, self._expert), daemon=True)
         process.start()
         child.close()
         return process, parent
@@ -76,6 +79,8 @@ class EnvPool:
         if slot in self._pending or slot in self._settled:
             raise RuntimeError(f"slot {slot} already has a request in flight")
         index = slot % len(self._workers)
+        while sum(worker == index for worker in self._pending.values()) >= MAX_IN_FLIGHT:
+            self._receive(index, self._settled)
         try:
             self._workers[index][1].send((op, slot, arg))
         except (BrokenPipeError, OSError):  # the worker died since its last answer
@@ -97,16 +102,19 @@ class EnvPool:
         while self._pending:
             busy = {self._workers[i][1]: i for i in set(self._pending.values())}
             for conn in wait(list(busy)):
-                index = busy[conn]
-                try:
-                    slot, result = conn.recv()
-                except (EOFError, OSError):
-                    results.update(self._fail_worker(index))
-                    continue
-                results[slot] = result
-                del self._pending[slot]
+                self._receive(busy[conn], results)
         self.wait_seconds += time.perf_counter() - start
         return results
+
+    def _receive(self, index: int, into: dict[int, EnvResult]) -> None:
+        """One answer of worker `index` into `into` (or the failure of all its slots, if it died)."""
+        try:
+            slot, result = self._workers[index][1].recv()
+        except (EOFError, OSError):
+            into.update(self._fail_worker(index))
+            return
+        into[slot] = result
+        del self._pending[slot]
 
     def _fail_worker(self, index: int) -> dict[int, EnvResult]:
         """A worker died: its in-flight episodes fail, and a fresh worker takes its place."""

@@ -25,10 +25,14 @@ from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.atomic import atomic_dir, write_text
 from pipeline.envs.games import BENCH_DATA, TASK_TYPES
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from pipeline.envs.minigen import TaskSpec
 
 BENCH_SPLITS = ("train", "valid_seen", "valid_unseen")
 GAMES_PER_TYPE = {"train": 42, "valid_seen": 10, "valid_unseen": 10}
@@ -181,7 +185,7 @@ def _parents_for(task_type: str, obj: str, counts: Mapping[str, int]) -> list[st
     return [parent for parent in parents if any(kind != parent for kind in holders)]
 
 
-def draw_spec(task_type: str, rooms: Mapping[int, tuple[str, Mapping[str, int]]], rng: random.Random):
+def draw_spec(task_type: str, rooms: Mapping[int, tuple[str, Mapping[str, int]]], rng: random.Random) -> TaskSpec:
     """A random feasible TaskSpec of `task_type` in one of `rooms`."""
     from pipeline.envs.minigen import TaskSpec
 
@@ -195,15 +199,15 @@ def draw_spec(task_type: str, rooms: Mapping[int, tuple[str, Mapping[str, int]]]
             return TaskSpec(task_type, obj, parent, number)
 
 
-def bench_specs() -> dict[str, list[tuple[str, object]]]:
+def bench_specs() -> dict[str, list[tuple[str, TaskSpec]]]:
     """{split: [(trial name, TaskSpec)]}: every game of the benchmark, in a fixed order.
 
     valid_seen draws from the train rooms but never a spec (task, object, parent, room) that train has.
     """
     rooms = bench_rooms()
     pools = {"train": rooms["train"], "valid_seen": rooms["train"], "valid_unseen": rooms["unseen"]}
-    specs: dict[str, list] = {}
-    train_specs: set = set()
+    specs: dict[str, list[tuple[str, TaskSpec]]] = {}
+    train_specs: set[TaskSpec] = set()
     for split in BENCH_SPLITS:
         chosen = []
         for task_type in TASK_TYPES:

@@ -46,8 +46,6 @@ def prepare(
         if record
     )
     if cfg.data.source == "bench":
-        made = (
-            f"generated {report.bench_games} games in {report.bench_seconds:.0f} s" if report.bench_games else "built"
-        )
+        made = f"generated {report.bench_games} games in {report.bench_seconds:.0f} s" if report.bench_games else "kept"
         data = f"mini benchmark {made} at {resolve_data_root('bench', cfg.data.path)}; {data}"
     typer.echo(f"prepare: {data}; models: {models}" + (f"; {sft}" if sft else ""))

@@ -213,8 +213,8 @@ def play_games(
 ) -> list[Episode]:
     """Play a list of episodes with a fresh worker pool (prepare's corpus, DAgger plays and checks).
 
-    At most PLAY_BATCH episodes are under way at once: each live game holds its engine state in a worker,
-    and a thousand of them at once made every step crawl (prepare's DAgger play on the benchmark).
+    At most PLAY_BATCH episodes are under way at once: each live game holds its engine state in a worker
+    (1,008 at once grew each of two workers to 1.4 GB in prepare's DAgger play on the benchmark).
     `expert` runs that expert in the environments, for policies that need its action (`NoisyExpertPolicy`).
     """
     with EnvPool(num_workers, data_root, expert=expert) as pool:

@@ -12,10 +12,10 @@ config and inputs the manifest names, before it trusts any of them.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import platform
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
@@ -28,12 +28,14 @@ import pyarrow.parquet as pq
 
 from pipeline import __version__
 from pipeline.atomic import atomic_path, write_json
-from pipeline.errors import UserError
+from pipeline.errors import StorageError, UserError
+from pipeline.hashing import as_json, fingerprint, sha256_bytes, sha256_file
 from pipeline.schema import SCHEMA_VERSION, build_table, schema_for
 
 MANIFEST_NAME = "_manifest.json"
 LOCK_NAME = ".manifest.lock"
 _MAX_PARTS = 100_000
+PART_FILE = re.compile(r"^part-\d{5}\.parquet$")
 # The command that writes each stage, for messages that tell the user what to run.
 _COMMANDS = {"turns": "rollout", "annotations": "annotate", "eval": "eval"}
 _VERSIONED_PACKAGES = (
@@ -65,11 +67,6 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def fingerprint(obj: Any) -> str:
-    """sha256 of the canonical JSON of `obj` (sorted keys; paths and other objects as str)."""
-    return _sha256_bytes(_canonical_json(obj).encode("utf-8"))
-
-
 class StageWriter:
     """Writes the parts of one stage directory; resumable, and shareable between processes."""
 
@@ -91,19 +88,23 @@ class StageWriter:
         self.stage = stage
         self.num_parts = num_parts
         self.directory.mkdir(parents=True, exist_ok=True)
-        fresh = _new_manifest(stage, config, inputs, models, num_parts)
+        self._fresh = _new_manifest(stage, config, inputs, models, num_parts)
         with _locked(self.directory, exclusive=True):
             if force:
                 _clear(self.directory)
             if (self.directory / MANIFEST_NAME).exists():
-                _check_reusable(self.directory, read_manifest(self.directory, stage), fresh)
-                return
+                existing = read_manifest(self.directory, stage)
+                _refuse_foreign(self.directory, existing["parts"], stage)
+                if existing["parts"]:  # a manifest that lists nothing has no work to lose: start afresh
+                    _check_reusable(self.directory, existing, self._fresh)
+                    return
             if orphans := _part_files(self.directory):
                 raise UserError(
                     f"{self.directory} holds shards ({orphans[0]}, ...) but no {MANIFEST_NAME}: "
                     f"rerun `sage-opd {_command(stage)}` with --force to redo the stage"
                 )
-            write_json(self.directory / MANIFEST_NAME, fresh)
+            _refuse_foreign(self.directory, {}, stage)
+            write_json(self.directory / MANIFEST_NAME, self._fresh)
 
     def is_done(self, index: int) -> bool:
         """Whether part `index` is listed in the manifest and its file is intact."""
@@ -114,26 +115,37 @@ class StageWriter:
         manifest = read_manifest(self.directory, self.stage)
         return [index for index in indices if not self._is_done(manifest, index)]
 
-    def write_part(self, index: int, rows: Sequence[Mapping[str, Any]], seconds: float | None = None) -> None:
-        """Write part `index` from `rows` and record it; a reader never sees half a part."""
+    def write_part(self, index: int, rows: Sequence[Mapping[str, Any]], seconds: float | None = None) -> bool:
+        """Write part `index` from `rows` and record it; a reader never sees half a part.
+
+        Returns False, keeping what is there, when another writer recorded the part first: a finished
+        part is never replaced, so a complete manifest is never set back to running.
+        """
         name = self._name(index)
         table = build_table(self.stage, rows)
-        with ExitStack() as held:
-            with atomic_path(self.directory / name) as tmp:
-                _write_parquet(table, tmp)
-                entry = {
-                    "rows": table.num_rows,
-                    "sha256": _sha256_file(tmp),
-                    "bytes": tmp.stat().st_size,
-                    "seconds": seconds,
-                }
-                # Held from before the rename until the manifest lists the part, so a locked reader
-                # never sees a renamed part that the manifest does not yet know.
-                held.enter_context(_locked(self.directory, exclusive=True))
-            manifest = read_manifest(self.directory, self.stage)
-            manifest["parts"][name] = entry
-            manifest.update(status="running", finished=None, updated=_now())
-            write_json(self.directory / MANIFEST_NAME, manifest)
+        try:
+            with ExitStack() as held:
+                with atomic_path(self.directory / name) as tmp:
+                    _write_parquet(table, tmp)
+                    entry = {
+                        "rows": table.num_rows,
+                        "sha256": sha256_file(tmp),
+                        "bytes": tmp.stat().st_size,
+                        "seconds": seconds,
+                    }
+                    # Held from before the rename until the manifest lists the part, so a locked reader
+                    # never sees a renamed part that the manifest does not yet know.
+                    held.enter_context(_locked(self.directory, exclusive=True))
+                    manifest = read_manifest(self.directory, self.stage)
+                    _check_reusable(self.directory, manifest, self._fresh)
+                    if self._is_done(manifest, index):
+                        raise _AlreadyWritten
+                manifest["parts"][name] = entry
+                manifest.update(status="running", finished=None, updated=_now())
+                write_json(self.directory / MANIFEST_NAME, manifest)
+        except _AlreadyWritten:
+            return False
+        return True
 
     def finalize(self) -> bool:
         """Mark the stage complete if every part is done; return whether it is complete."""
@@ -158,6 +170,10 @@ class StageWriter:
         return entry is not None and _part_intact(self.directory / name, entry)
 
 
+class _AlreadyWritten(Exception):
+    """Raised inside `atomic_path` to drop our copy of a part that another writer finished first."""
+
+
 def read_manifest(directory: str | os.PathLike, stage: str) -> dict[str, Any]:
     """The manifest of a stage directory, checked to be one of ours, for `stage`, at our schema version."""
     command = _command(stage)
@@ -166,8 +182,8 @@ def read_manifest(directory: str | os.PathLike, stage: str) -> dict[str, Any]:
         raise UserError(f"no {stage} outputs in {directory}: run `sage-opd {command}` first")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read {path} ({err}): rerun `sage-opd {command}` with --force") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StorageError(f"cannot read {path} ({err}): rerun `sage-opd {command}` with --force") from None
     if not isinstance(manifest, dict) or any(key not in manifest for key in _MANIFEST_KEYS):
         raise UserError(f"{path} is not a sage-opd manifest: rerun `sage-opd {command}` with --force")
     if manifest["stage"] != stage:
@@ -189,7 +205,7 @@ def verify_stage(directory: str | os.PathLike, stage: str, *, require_complete: 
     command = _command(stage)
     with _locked(directory, exclusive=False):
         manifest = read_manifest(directory, stage)
-        on_disk = _part_files(directory)
+        on_disk = _visible_files(directory)
     parts = manifest["parts"]
     if require_complete:
         expected = [part_name(index) for index in range(manifest["num_parts"])]
@@ -199,11 +215,7 @@ def verify_stage(directory: str | os.PathLike, stage: str, *, require_complete: 
                 f"{stage} in {directory} is incomplete: {written} of {len(expected)} parts written; "
                 f"run `sage-opd {command}` again (every --shard-index) to finish it"
             )
-    if foreign := [name for name in on_disk if name not in parts]:
-        raise UserError(
-            f"foreign shard {directory / foreign[0]}: not listed in {MANIFEST_NAME}; remove it "
-            f"or rerun `sage-opd {command}` with --force"
-        )
+    _refuse_foreign(directory, parts, stage, on_disk)
     for name in sorted(parts):
         _verify_part(directory / name, parts[name], stage)
     return manifest
@@ -231,7 +243,7 @@ def stage_fingerprint(directory: str | os.PathLike, stage: str) -> str:
     """Identifies a complete stage's outputs (for a later stage's `inputs`): sha256 over its parts."""
     parts = verify_stage(directory, stage)["parts"]
     listing = "".join(f"{name} {parts[name]['sha256']}\n" for name in sorted(parts))
-    return _sha256_bytes(listing.encode("utf-8"))
+    return sha256_bytes(listing.encode("utf-8"))
 
 
 @contextmanager
@@ -256,6 +268,18 @@ def _clear(directory: Path) -> None:
         (directory / name).unlink()
     for leftover in directory.glob(".*.tmp"):
         leftover.unlink(missing_ok=True)
+
+
+def _refuse_foreign(
+    directory: Path, parts: Mapping[str, Any], stage: str, on_disk: Sequence[str] | None = None
+) -> None:
+    """Readers (pandas, datasets, duckdb) take every visible file of the folder for a shard: none may be a stranger."""
+    if foreign := [name for name in (_visible_files(directory) if on_disk is None else on_disk) if name not in parts]:
+        kind = "shard" if PART_FILE.match(foreign[0]) else "file"
+        raise UserError(
+            f"foreign {kind} {directory / foreign[0]}: not listed in {MANIFEST_NAME}, yet every reader of the folder "
+            f"would read it as a part; remove it or rerun `sage-opd {_command(stage)}` with --force"
+        )
 
 
 def _command(stage: str) -> str:
@@ -305,11 +329,11 @@ def _new_manifest(
         "stage": stage,
         "schema_version": SCHEMA_VERSION,
         "status": "running",
-        "config": _as_json(config),
+        "config": as_json(config),
         "config_fingerprint": fingerprint(config),
-        "inputs": _as_json(inputs),
+        "inputs": as_json(inputs),
         "inputs_fingerprint": fingerprint(inputs),
-        "models": _as_json(models),
+        "models": as_json(models),
         "num_parts": num_parts,
         "parts": {},
         "created": now,
@@ -324,7 +348,7 @@ def _verify_part(path: Path, entry: Mapping[str, Any], stage: str) -> None:
     if not path.exists():
         raise UserError(f"missing shard {path}: listed in {MANIFEST_NAME}; rerun `sage-opd {command}`")
     if not _part_intact(path, entry):
-        raise UserError(f"corrupt shard {path}: its sha256 differs from {MANIFEST_NAME}; rerun `sage-opd {command}`")
+        raise StorageError(f"corrupt shard {path}: its sha256 differs from {MANIFEST_NAME}; rerun `sage-opd {command}`")
     actual, expected = pq.read_schema(path), schema_for(stage)
     if not actual.equals(expected):
         raise UserError(
@@ -352,11 +376,16 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def _part_intact(path: Path, entry: Mapping[str, Any]) -> bool:
-    return path.is_file() and path.stat().st_size == entry["bytes"] and _sha256_file(path) == entry["sha256"]
+    return path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
 
 
 def _part_files(directory: Path) -> list[str]:
-    return sorted(path.name for path in directory.glob("part-*.parquet"))
+    return sorted(path.name for path in directory.iterdir() if PART_FILE.match(path.name))
+
+
+def _visible_files(directory: Path) -> list[str]:
+    """What a Parquet reader of the folder would open: every entry not starting with `.` or `_`."""
+    return sorted(path.name for path in directory.iterdir() if not path.name.startswith((".", "_")))
 
 
 def _versions() -> dict[str, str]:
@@ -368,27 +397,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def _canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def _as_json(obj: Any) -> Any:
-    """`obj` as it reads back from the manifest (tuples become lists, paths strings)."""
-    return json.loads(_canonical_json(obj))
-
-
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now() -> str:

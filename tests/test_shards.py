@@ -423,12 +423,51 @@ def test_fingerprint_is_over_part_hashes_and_follows_changes(tmp_path):
     assert before == hashlib.sha256(listing.encode()).hexdigest()
 
     changed = [{**row, "action": "look"} for row in part_rows(1)]
+    (directory / part_name(1)).unlink()  # a finished part is never replaced: only a missing one is rewritten
     writer(directory).write_part(1, changed)
     assert writer(directory).finalize() is True
     after = stage_fingerprint(directory, "turns")
     listing = "".join(f"{part_name(i)} {sha256(directory / part_name(i))}\n" for i in range(3))
     assert after == hashlib.sha256(listing.encode()).hexdigest()
     assert after != before
+
+
+def test_a_part_finished_by_another_writer_is_kept_and_the_stage_stays_complete(tmp_path):
+    """The slower of two writers of one part drops its copy: a complete manifest is never set back to running."""
+    directory = tmp_path / "turns"
+    slower = writer(directory)
+    write_all(directory)
+    before = (directory / part_name(1)).read_bytes()
+    assert slower.write_part(1, [{**row, "action": "look"} for row in part_rows(1)]) is False
+    assert (directory / part_name(1)).read_bytes() == before
+    assert read_manifest(directory, "turns")["status"] == "complete"
+    assert [p.name for p in directory.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "extra.parquet", "part-00009.parquet", "sub"])
+def test_any_visible_file_that_is_not_a_listed_part_is_foreign(tmp_path, name):
+    directory = tmp_path / "turns"
+    write_all(directory)
+    stray = directory / name
+    stray.mkdir() if name == "sub" else stray.write_bytes((directory / part_name(0)).read_bytes())
+    (directory / ".hidden").write_text("readers skip dot files")
+    with pytest.raises(UserError, match=f"^foreign (shard|file) {escaped(stray)}: not listed in {MANIFEST_NAME}"):
+        read_stage(directory, "turns")
+    with pytest.raises(UserError, match="foreign"):
+        writer(directory)  # refused before any work, not after it
+    stray.rmdir() if name == "sub" else stray.unlink()
+    assert pd.read_parquet(directory).shape == (24, len(TURNS_SCHEMA))
+
+
+def test_a_manifest_that_lists_no_part_is_replaced_by_the_next_writer(tmp_path):
+    """A stage that failed before its first part (a bad model folder) must not block the corrected rerun."""
+    directory = tmp_path / "turns"
+    writer(directory)
+    corrected = writer(directory, config={**CONFIG, "seed": 8})
+    assert read_manifest(directory, "turns")["config"] == {**CONFIG, "seed": 8}
+    corrected.write_part(0, part_rows(0))
+    with pytest.raises(UserError, match="different config"):
+        writer(directory)
 
 
 def _write_every_other_part(directory: str, offset: int, num_parts: int, barrier) -> None:

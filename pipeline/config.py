@@ -279,7 +279,7 @@ class TrainConfig:
     epochs: float = _help("Passes over the round's turns.", default=1.0)
     per_device_batch_size: int = _help("Turns per micro-batch.", default=8)
     gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
-    max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
+    max_grad_norm: float = _help("Gradient clipping norm (0 = no clipping).", default=1.0)
     warmup_ratio: float = _help("Linear warm-up share of the steps.", default=0.0)
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
     logging_steps: int = _help("Log every this many optimizer steps.", default=1)
@@ -305,6 +305,9 @@ class TrainConfig:
             f"gradient_accumulation_steps must be at least 1, not {self.gradient_accumulation_steps}.",
         )
         _check(self.logging_steps >= 1, f"logging_steps must be at least 1, not {self.logging_steps}.")
+        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), not {self.warmup_ratio}.")
+        _check(self.max_grad_norm >= 0, f"max_grad_norm must be 0 (no clipping) or more, not {self.max_grad_norm}.")
+        _check(self.weight_decay >= 0, f"weight_decay must be 0 or more, not {self.weight_decay}.")
 
 
 @dataclass

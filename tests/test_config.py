@@ -66,12 +66,22 @@ def test_eval_keeps_its_own_defaults_when_partly_overridden():
         (["prepare.student_dagger_samples=-1"], "student_dagger_samples must be 0 or more, not -1."),
         (["prepare.dagger_epsilon=1.5"], "dagger_epsilon must be in [0, 1], not 1.5."),
         (["prepare.teacher_dagger_epsilon=0.4"], "unknown config key 'prepare.teacher_dagger_epsilon'"),
+        (["train.warmup_ratio=5"], "bad config value in train: warmup_ratio must be in [0, 1), not 5.0."),
+        (["train.warmup_ratio=1"], "warmup_ratio must be in [0, 1), not 1.0."),
+        (["train.warmup_ratio=-0.1"], "warmup_ratio must be in [0, 1), not -0.1."),
+        (["train.max_grad_norm=-1"], "max_grad_norm must be 0 (no clipping) or more, not -1.0."),
+        (["train.weight_decay=-5"], "weight_decay must be 0 or more, not -5.0."),
     ],
 )
 def test_bad_values_are_user_errors(overrides, message, tmp_path):
     with pytest.raises(UserError) as info:
         load_config(None, overrides)
     assert message in str(info.value)
+
+
+def test_training_edges_are_accepted():
+    config = load_config(None, ["train.warmup_ratio=0.99", "train.max_grad_norm=0", "train.weight_decay=0"])
+    assert (config.train.warmup_ratio, config.train.max_grad_norm, config.train.weight_decay) == (0.99, 0.0, 0.0)
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -1,8 +1,8 @@
 """`sage-opd report` on run folders written by the stages' own writers, with values chosen by hand.
 
-Three runs: `opd` (rounds 1–2, teacher evaluated), `sage` (rounds 1–3, round 2's eval left unfinished,
-fewer valid_seen games) and `sft` (one round, no annotations). Every number the report shows is checked
-against the episodes written here.
+Three runs: `opd` (rounds 1–2, teacher evaluated on the mini games, expert on the full ALFWorld games),
+`sage` (rounds 1–3, round 2's eval left unfinished, fewer valid_seen games) and `sft` (one round, no
+annotations). Every number the report shows is checked against the episodes written here.
 """
 
 import json
@@ -21,7 +21,7 @@ from pipeline.play import EPISODES_DIR, SUMMARY_FILE
 from pipeline.report import write_report
 from pipeline.report.comparisons import Comparison, comparability_notes, compare_to_baseline, improvement_table
 from pipeline.report.loading import load_runs
-from pipeline.report.metrics import ALL_TASKS, OVERALL, eval_metrics
+from pipeline.report.metrics import ALL_TASKS, eval_metrics
 from pipeline.report.stats import relative_improvement
 from pipeline.report.tables import MISSING, NOT_EVALUATED, round_log_table, success_grid, success_table, task_type_table
 from pipeline.rounds import append_round
@@ -38,6 +38,7 @@ GAMES = [
     ("pick_two_obj_and_place-d", "pick_two_obj_and_place"),
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MINI = {"data": {"source": "mini"}}
 
 
 def eval_rows(run: str, round_: int, policy: str, split: str, wins: str) -> list[dict]:
@@ -68,7 +69,7 @@ def eval_rows(run: str, round_: int, policy: str, split: str, wins: str) -> list
 
 def write_eval(directory: Path, rows: list[dict], parts: int = 1, config: dict | None = None) -> None:
     """Eval shards and summary.json as `run_eval` writes them; with parts > 1 only the first is written."""
-    writer = StageWriter(directory / EPISODES_DIR, "eval", config=config or {}, inputs={}, models={}, num_parts=parts)
+    writer = StageWriter(directory / EPISODES_DIR, "eval", config=config or MINI, inputs={}, models={}, num_parts=parts)
     writer.write_part(0, rows)
     if writer.finalize():
         write_json(directory / SUMMARY_FILE, summarize(rows))
@@ -96,7 +97,7 @@ def write_annotations(directory: Path, run: str, round_: int, labels: list[str])
     """Turn t of episode e gets labels[e * 3 + t]; its tokens have confidence 1/2 (skip), 1/4, 3/4 (others)."""
     token_confidence = {"skip": [0.5, 0.5], "weak": [0.25, 0.75], "strong": [0.25, 0.25]}
     rows = [
-        annotation_row(run, round_, f"train/game-{i // 3}#0", i % 3, label, token_confidence[label])
+        annotation_row(run, round_, f"train/game-{i // 3}#0", i % 3, label, token_confidence.get(label, [0.5]))
         for i, label in enumerate(labels)
     ]
     writer = StageWriter(directory, "annotations", config={}, inputs={}, models={}, num_parts=1)
@@ -158,6 +159,8 @@ def runs_dir(tmp_path_factory) -> Path:
         rows = [r for split, wins in initial.items() for r in eval_rows("x", 1, STUDENT, split, wins)]
         write_eval(layout.stage_dir(1, "eval-tiny-student"), rows)
     write_eval(opd.stage_dir(1, "eval-teacher"), eval_rows("opd", 1, "teacher", "valid_unseen", "1111"))
+    expert = eval_rows("opd", 2, "expert", "valid_unseen", "11")
+    write_eval(opd.stage_dir(2, "eval-expert"), expert, config={"data": {"source": "alfworld"}})
 
     write_round(sage, 1, {"valid_seen": "10", "valid_unseen": "1101"}, ["skip"] * 4 + ["strong"] * 2, 0.8)
     write_round(sage, 2, None, ["skip"] * 6, 0.4)
@@ -175,22 +178,26 @@ def loaded(runs_dir):
 
 
 def test_success_grid_holds_the_written_rates_and_nan_where_nothing_was_evaluated(loaded):
+    """A column per run, data source, split and game set: never one number over two of them."""
     runs, metrics = loaded
     success, episodes = success_grid(metrics, runs)
     assert list(success.index) == ["initial student", "round 1", "round 2", "round 3", "teacher", "expert"]
     expected = {
-        ("opd", "valid_unseen"): [1 / 4, 2 / 4, 3 / 4, None, 1.0, None],
-        ("opd", "valid_seen"): [0.0, 1 / 4, 2 / 4, None, None, None],
-        ("opd", OVERALL): [1 / 8, 3 / 8, 5 / 8, None, 1.0, None],
-        ("sage", "valid_unseen"): [1 / 4, 3 / 4, None, 1.0, None, None],
-        ("sage", "valid_seen"): [0.0, 1 / 2, None, 1.0, None, None],
-        ("sage", OVERALL): [1 / 8, 4 / 6, None, 1.0, None, None],
+        ("opd", "mini · valid_seen", "4 games"): [0.0, 1 / 4, 2 / 4, None, None, None],
+        ("opd", "alfworld · valid_unseen", "2 games"): [None, None, None, None, None, 1.0],
+        ("opd", "mini · valid_unseen", "4 games"): [1 / 4, 2 / 4, 3 / 4, None, 1.0, None],
+        ("sage", "mini · valid_seen", "2 games"): [None, 1 / 2, None, 1.0, None, None],  # sage's own: 2 games
+        ("sage", "mini · valid_seen", "4 games"): [0.0, None, None, None, None, None],  # the initial student: 4
+        ("sage", "mini · valid_unseen", "4 games"): [1 / 4, 3 / 4, None, 1.0, None, None],
     }
-    assert set(success.columns) == set(expected)
-    for column, values in expected.items():
-        got = success[column].tolist()
-        assert [None if math.isnan(v) else v for v in got] == values, column
-    assert episodes[("sage", "valid_seen")].tolist()[:2] == [4, 2]  # initial student: 4 games, sage's own: 2
+    shown = {(run, measured, games.split(" · ")[0]): (run, measured, games) for run, measured, games in success}
+    assert list(shown) == list(expected)  # in run order, then split order, sources and game sets apart
+    assert shown[("sage", "mini · valid_seen", "2 games")][2].startswith("2 games · set ")
+    assert shown[("opd", "mini · valid_seen", "4 games")][2] == "4 games"  # one game set: no set id
+    for key, values in expected.items():
+        got = success[shown[key]].tolist()
+        assert [None if math.isnan(v) else v for v in got] == values, key
+    assert episodes[shown[("sage", "mini · valid_seen", "2 games")]].tolist()[1] == 2
 
 
 def test_metrics_agree_with_every_summary_json(runs_dir, loaded):
@@ -198,7 +205,8 @@ def test_metrics_agree_with_every_summary_json(runs_dir, loaded):
     summary = json.loads((runs_dir / "opd" / "round-002" / "eval" / SUMMARY_FILE).read_text())
     rows = metrics[(metrics["run"] == "opd") & (metrics["policy"] == "student") & (metrics["round"] == 2)]
     pooled = rows[rows["task_type"] == ALL_TASKS].set_index("split")
-    for split, block in [(OVERALL, summary["overall"]), *summary["splits"].items()]:
+    assert set(pooled.index) == set(summary["splits"])  # no rate pooled over splits
+    for split, block in summary["splits"].items():
         for rate in ("success", "invalid_action_rate", "repeated_action_rate"):
             assert pooled.loc[split, rate] == block[rate], (split, rate)
         assert pooled.loc[split, "episodes"] == block["episodes"]
@@ -210,25 +218,24 @@ def test_metrics_agree_with_every_summary_json(runs_dir, loaded):
 def test_success_table_shows_counts_and_missing_never_as_zero(loaded):
     runs, metrics = loaded
     table = success_table(metrics, runs).frame
-    unseen = table[("opd", "valid_unseen", "n=4")]
+    unseen = table[("opd", "mini · valid_unseen", "4 games", "n=4")]
     assert unseen.tolist() == ["25.0%", "50.0%", "75.0%", MISSING, "100.0%", NOT_EVALUATED]
-    seen = table[("sage", "valid_seen", "n=2")]  # most cells rest on 2 episodes; the initial student on 4
-    assert seen.tolist() == ["0.0% (n=4)", "50.0%", MISSING, "100.0%", NOT_EVALUATED, NOT_EVALUATED]
-    assert ("sage", OVERALL, "n=6") in table.columns
-    overall = success_table(metrics, runs).notes[-1]
-    assert overall == "overall pools valid_seen+valid_unseen, except: opd teacher (valid_unseen)."
+    (alfworld,) = [column for column in table if column[1] == "alfworld · valid_unseen"]
+    assert alfworld == ("opd", "alfworld · valid_unseen", "2 games", "n=2")
+    assert table[alfworld].tolist() == [MISSING] * 4 + [NOT_EVALUATED, "100.0%"]
+    assert not any("overall" in part for column in table.columns for part in column)
 
 
 def test_task_type_table_uses_each_runs_newest_evaluated_round(loaded):
     runs, metrics = loaded
     table = task_type_table(metrics, runs).frame
-    opd = table[("opd", "valid_unseen", "round 2")]  # wins 1110: a, b won; c won; d lost
+    opd = table[("opd", "mini · valid_unseen", "round 2, 4 games")]  # wins 1110: a, b won; c won; d lost
     assert opd["pick_and_place_simple"] == "100.0% (n=2)"
     assert opd["look_at_obj_in_light"] == "100.0% (n=1)"
     assert opd["pick_two_obj_and_place"] == "0.0% (n=1)"
     assert opd["pick_heat_then_place_in_recep"] == MISSING
     assert opd["all task types"] == "75.0% (n=4)"
-    assert table[("sage", "valid_seen", "round 3")]["pick_and_place_simple"] == "100.0% (n=2)"
+    assert table[("sage", "mini · valid_seen", "round 3, 2 games")]["pick_and_place_simple"] == "100.0% (n=2)"
 
 
 def test_improvement_over_baseline_at_the_newest_common_round_on_identical_episodes(loaded):
@@ -238,7 +245,7 @@ def test_improvement_over_baseline_at_the_newest_common_round_on_identical_episo
     assert (unseen.round, unseen.value, unseen.baseline) == (1, 3 / 4, 2 / 4)
     assert unseen.points == pytest.approx(25.0) and unseen.relative == (3 / 4 - 2 / 4) / (2 / 4)
     assert comparisons["valid_seen"].reason == "different episodes in round 1: 2 vs 4"
-    assert comparisons[OVERALL].reason == "different episodes in round 1: 6 vs 8"
+    assert set(comparisons) == {"valid_seen", "valid_unseen"}
     cells = improvement_table(list(comparisons.values()), "opd").frame
     assert cells.loc[("sage", "valid_unseen")].tolist() == ["1", "75.0% vs 50.0%", "+25.0 pts", "+50.0%"]
     assert cells.loc[("sage", "valid_seen"), "relative"] == MISSING
@@ -257,7 +264,7 @@ def test_different_episode_sets_are_flagged(loaded):
     _, metrics = loaded
     notes = comparability_notes(metrics)
     flagged = {note.split(" ")[0] for note in notes}
-    assert flagged == {OVERALL, "valid_seen"}
+    assert flagged == {"valid_seen"}
     seen = next(note for note in notes if note.startswith("valid_seen"))
     assert "sage rounds 1, 3: 2 episodes of 2 games" in seen and "opd rounds 0–2: 4 episodes of 4 games" in seen
 
@@ -268,6 +275,20 @@ def test_unfinished_eval_is_missing_and_noted(loaded):
     assert sage.rounds == [1, 2, 3]
     assert 2 not in set(metrics.loc[(metrics["run"] == "sage") & (metrics["policy"] == "student"), "round"])
     assert len(sage.notes) == 1 and "round-002/eval/episodes is incomplete: 1 of 2 parts" in sage.notes[0]
+
+
+def test_rows_with_an_unknown_label_are_counted_and_named_not_dropped_silently(tmp_path):
+    layout = RunLayout(tmp_path / "runs" / "odd")
+    write_round(layout, 1, {"valid_unseen": "10"}, ["skip", "maybe", "weak", "maybe", "strong", "huh"], 1.0)
+    (run,) = load_runs(tmp_path / "runs", ["odd"])
+    assert run.annotations["label"].tolist() == ["skip", "weak", "strong"]
+    (note,) = run.notes
+    folder = layout.stage_dir(1, "annotations")
+    assert note == (
+        f"left out: 3 annotation row(s) of {folder} with unknown label(s) 'huh', 'maybe' (expected skip, weak, strong)"
+    )
+    report = write_report(tmp_path / "runs", ["odd"], tmp_path / "report")
+    assert f"odd: {note}" in report.notes and f"- odd: {note}" in report.page.read_text()
 
 
 def test_annotations_training_and_round_log_are_loaded_as_written(loaded):
@@ -327,8 +348,8 @@ def test_a_run_that_evaluated_nothing_is_a_column_of_dashes(tmp_path):
     (tmp_path / "runs" / "bare" / "round-001" / "turns").mkdir(parents=True)
     report = write_report(tmp_path / "runs", ["bare"], tmp_path / "report")
     table = report.headline[0].frame
-    assert list(table.columns) == [("bare", OVERALL, "")]
-    assert table[("bare", OVERALL, "")].tolist() == [MISSING, MISSING, NOT_EVALUATED, NOT_EVALUATED]
+    assert list(table.columns) == [("bare", MISSING, "", "")]
+    assert table[("bare", MISSING, "", "")].tolist() == [MISSING, MISSING, NOT_EVALUATED, NOT_EVALUATED]
     assert report.figures == [] and report.page.is_file()
 
 

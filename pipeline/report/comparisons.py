@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipeline.report.loading import INITIAL_ROUND, RunData
-from pipeline.report.metrics import ALL_TASKS, OVERALL, split_order, student_rounds
+from pipeline.report.metrics import ALL_TASKS, split_order, student_rounds
 from pipeline.report.stats import relative_improvement
 from pipeline.report.tables import MISSING, Table, pct, round_span
 
@@ -114,10 +114,7 @@ def comparability_notes(metrics: pd.DataFrame) -> list[str]:
         groups = []
         for (_, run), group in rows.groupby(["episode_set", "run"], sort=False):
             first = group.iloc[0]
-            pooled = f" of {first['splits']}" if split == OVERALL else ""
-            groups.append(
-                f"{run} {round_span(group['round'])}: {first['episodes']} episodes of {first['games']} games{pooled}"
-            )
+            groups.append(f"{run} {round_span(group['round'])}: {first['episodes']} episodes of {first['games']} games")
         notes.append(
             f"{split} was measured on different episode sets ({'; '.join(groups)}): "
             "its numbers are not directly comparable across these (round 0 = initial student)."

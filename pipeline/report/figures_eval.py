@@ -1,8 +1,9 @@
 """Figures from the eval episodes: student success per round, and invalid / repeated action rates per round.
 
-One panel per eval split; the pooled "overall" is left out of figures because runs may pool different
-splits into it. A round without an eval is a gap in the line and is named in the legend; the legend also
-gives the episodes each point rests on.
+One panel per data source and eval split: never a rate pooled over splits, and never a reference policy
+evaluated on the full ALFWorld games drawn beside students evaluated on the mini games. A round without
+an eval is a gap in the line and is named in the legend; the legend also gives the episodes each point
+rests on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from pipeline.report.loading import INITIAL_ROUND, REFERENCE_POLICIES, RunData
-from pipeline.report.metrics import ACTION_RATES, ALL_TASKS, OVERALL, split_order, student_rounds
+from pipeline.report.metrics import ACTION_RATES, ALL_TASKS, split_order, student_rounds
 from pipeline.report.plotting import (
     REFERENCE_STYLES,
     FigureFile,
@@ -26,26 +27,29 @@ from pipeline.report.plotting import (
     round_axis,
     run_colors,
     save,
+    suptitle,
 )
 from pipeline.report.stats import wilson_interval
+from pipeline.report.tables import measured_on
 
 SUCCESS_FILE = "success_by_round.png"
 ACTIONS_FILE = "action_rates_by_round.png"
 
 
 def success_figure(metrics: pd.DataFrame, runs: Sequence[RunData], directory: Path) -> FigureFile | None:
-    splits = _plotted_splits(metrics)
-    if not splits:
+    panels = _panels(metrics)
+    if not panels:
         return None
-    figure, axes = new_figure(1, len(splits), panel=(4.6, 4.2), sharey=True)
-    for panel, split in zip(axes[0], splits, strict=True):
-        _draw_runs(panel, metrics, runs, split, "success", interval=True)
-        _draw_references(panel, metrics, split)
-        panel.set_title(split)
+    figure, axes = new_figure(1, len(panels), panel=(4.6, 4.2), sharey=True)
+    for panel, (source, split) in zip(axes[0], panels, strict=True):
+        measured = metrics[metrics["source"] == source]
+        _draw_runs(panel, measured, runs, split, "success", interval=True)
+        _draw_references(panel, measured, split)
+        panel.set_title(measured_on(source, split))
         panel.set_ylim(-3, 103)
         legend_below(panel)
     axes[0][0].set_ylabel("success rate (%)")
-    figure.suptitle("Student success per round (bars: 95% Wilson interval)")
+    suptitle(figure, "Student success per round (bars: 95% Wilson interval)")
     caption = (
         "Success of each round's student on each eval split; n = eval episodes behind each point (a range when "
         "rounds differ). Dashed: teacher, dotted: expert, where evaluated. Rounds without an eval are gaps, "
@@ -55,20 +59,21 @@ def success_figure(metrics: pd.DataFrame, runs: Sequence[RunData], directory: Pa
 
 
 def action_rates_figure(metrics: pd.DataFrame, runs: Sequence[RunData], directory: Path) -> FigureFile | None:
-    splits = _plotted_splits(metrics)
-    if not splits:
+    panels = _panels(metrics)
+    if not panels:
         return None
-    figure, axes = new_figure(len(ACTION_RATES), len(splits), sharey="row")
+    figure, axes = new_figure(len(ACTION_RATES), len(panels), sharey="row")
     for row, (rate, name) in enumerate(ACTION_RATES.items()):
         highest = 0.0
-        for panel, split in zip(axes[row], splits, strict=True):
-            highest = max(highest, _draw_runs(panel, metrics, runs, split, rate, interval=False))
-            panel.set_title(f"{name} · {split}")
+        for panel, (source, split) in zip(axes[row], panels, strict=True):
+            measured = metrics[metrics["source"] == source]
+            highest = max(highest, _draw_runs(panel, measured, runs, split, rate, interval=False))
+            panel.set_title(f"{name} · {measured_on(source, split)}")
             legend_below(panel)
         top = max(highest * 1.15, 1.0)  # the row shares one axis: room for every panel's points, 0 included
         axes[row][0].set_ylim(-0.04 * top, top)
         axes[row][0].set_ylabel(f"{name} (% of turns)")
-    figure.suptitle("Invalid and repeated actions of the student per round (eval episodes)")
+    suptitle(figure, "Invalid and repeated actions of the student per round (eval episodes)")
     caption = (
         "Share of the student's eval turns whose action was invalid (malformed or not admissible), and that "
         "repeated an earlier (observation, action) pair of the episode; n = eval episodes per point."
@@ -76,9 +81,15 @@ def action_rates_figure(metrics: pd.DataFrame, runs: Sequence[RunData], director
     return FigureFile(save(figure, directory / ACTIONS_FILE), "Invalid and repeated actions per round", caption)
 
 
-def _plotted_splits(metrics: pd.DataFrame) -> list[str]:
+def _panels(metrics: pd.DataFrame) -> list[tuple[str, str]]:
+    """(data source, split) of every panel: splits in the usual order, sources by name."""
     students = metrics[metrics["policy"] == "student"]
-    return [split for split in split_order(students["split"]) if split != OVERALL]
+    pairs = set(zip(students["source"], students["split"], strict=True))
+    return [
+        (source, split)
+        for split in split_order(students["split"])
+        for source in sorted({s for s, t in pairs if t == split})
+    ]
 
 
 def _draw_runs(

@@ -22,12 +22,14 @@ from pipeline.report.plotting import (
     LABEL_COLORS,
     FigureFile,
     count_range,
+    figure_legend,
     legend_below,
     missing_text,
     new_figure,
     round_axis,
     run_colors,
     save,
+    suptitle,
     unique_legend,
 )
 
@@ -49,8 +51,8 @@ def labels_by_round_figure(runs: Sequence[RunData], directory: Path) -> FigureFi
         episodes = run.annotations.groupby("round")["episode_id"].nunique()
         panel.set_title(f"{run.name} ({count_range(episodes)} episodes per round)")
     axes[0][0].set_ylabel("share of turns (%)")
-    figure.legend(*unique_legend(axes[0], order=reversed(LABELS)), loc="outside right upper")
-    figure.suptitle("Teacher labels per round (n above bars = annotated turns)")
+    figure_legend(figure, *unique_legend(axes[0], order=LABELS))
+    suptitle(figure, "Teacher labels per round (n above bars = annotated turns)")
     caption = "Share of the rollout turns the teacher labelled skip, weak or strong in each round; n = turns."
     return FigureFile(save(figure, directory / BY_ROUND_FILE), "Labels per round", caption)
 
@@ -78,8 +80,8 @@ def labels_by_turn_figure(runs: Sequence[RunData], directory: Path) -> FigureFil
         counts.grid(True, axis="y", alpha=0.3)
     axes[0][0].set_ylabel("share of turns (%)")
     axes[1][0].set_ylabel("turns")
-    figure.legend(*unique_legend(axes[0], order=reversed(LABELS)), loc="outside right upper")
-    figure.suptitle("Teacher labels per turn index, newest annotated round")
+    figure_legend(figure, *unique_legend(axes[0], order=LABELS))
+    suptitle(figure, "Teacher labels per turn index, newest annotated round")
     caption = (
         "Top: label shares at each turn index of the newest annotated round; bottom: the turns behind each bar "
         "(episodes end at different turns, so late bars rest on fewer turns)."
@@ -113,7 +115,7 @@ def confidence_figure(runs: Sequence[RunData], directory: Path) -> FigureFile | 
         round_axis(panel, every_round, "round")
         legend_below(panel)
     axes[0][0].set_ylabel("mean teacher confidence (top-1 prob.)")
-    figure.suptitle("Teacher confidence per label and round")
+    suptitle(figure, "Teacher confidence per label and round")
     caption = (
         "Mean over turns of each turn's mean token confidence (the teacher's top-1 probability), per label; "
         "n = turns with that label behind each point."

@@ -28,6 +28,7 @@ from pipeline.report.plotting import (
     round_axis,
     run_colors,
     save,
+    suptitle,
 )
 from pipeline.report.stats import CI_KIND, mean_interval
 
@@ -48,7 +49,7 @@ def seed_success_figure(cells: pd.DataFrame, groups: Sequence[Group], directory:
         panel.set_ylim(-3, 103)
         legend_below(panel)
     axes[0][0].set_ylabel("success rate (%), mean over seeds")
-    figure.suptitle(f"Success per round per group (bands: {CI_KIND})")
+    suptitle(figure, f"Success per round per group (bands: {CI_KIND})")
     caption = (
         "Each group's mean over its seeds of each seed's success rate, per eval split; bands and bars: "
         f"{CI_KIND}; n = seeds × eval episodes per seed. Dashed: teacher, dotted: expert (mean over seeds). "
@@ -71,7 +72,7 @@ def seed_action_rates_figure(cells: pd.DataFrame, groups: Sequence[Group], direc
         top = max(highest * 1.15, 1.0)  # the row shares one axis: room for every band, 0 included
         axes[row][0].set_ylim(-0.04 * top, top)
         axes[row][0].set_ylabel(f"{name} (% of turns)")
-    figure.suptitle(f"Invalid and repeated actions per round per group (bands: {CI_KIND})")
+    suptitle(figure, f"Invalid and repeated actions per round per group (bands: {CI_KIND})")
     caption = (
         "Share of the student's eval turns whose action was invalid, or repeated an earlier (observation, action) "
         f"pair; each group's mean over seeds, bands and bars: {CI_KIND}; n = seeds × eval episodes per seed."

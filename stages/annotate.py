@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.annotate import AnnotateResult, run_annotate
-from pipeline.play import Sharding
 from stages.common import (
     BaseOpt,
     ConfigOpt,
@@ -22,6 +20,9 @@ from stages.common import (
     pick_round,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from pipeline.annotate import AnnotateResult
 
 JudgeOpt = Annotated[str | None, typer.Option(help="rules | likelihood | prompt (overrides annotate.judge).")]
 OutOpt = Annotated[str | None, typer.Option(help="Output folder in the round (overrides annotate.out).")]
@@ -54,6 +55,9 @@ def annotate(
     """Label every turn skip/weak/strong and store the teacher's per-token scores."""
     cfg = build_config(config, run, set_, "annotate", base, judge=judge, out=out)
     round_ = pick_round(cfg, round_)
+    from pipeline.annotate import run_annotate  # torch: only once the config is known to be good
+    from pipeline.play import Sharding
+
     progress = StageProgress(f"annotate round {round_}", "turns")
     try:
         result = run_annotate(cfg, round_, Sharding(shard_index, num_shards), force, progress)

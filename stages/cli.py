@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import typer
-from transformers.utils import logging as hf_logging
 
+from pipeline.progress import showing
 from stages.annotate import annotate
-from stages.common import set_offline_defaults
+from stages.common import StageProgress, set_offline_defaults
 from stages.evaluate import evaluate
 from stages.inspect import inspect
 from stages.prepare import prepare
@@ -35,5 +35,5 @@ app.command("report")(report)
 
 def main() -> None:
     set_offline_defaults()
-    hf_logging.disable_progress_bar()  # ours shows episodes; weight-loading bars are noise
-    app()
+    with showing(StageProgress):  # steps deep in the library (the trainer's) show their bars here too
+        app()

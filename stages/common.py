@@ -2,26 +2,33 @@
 
 Commands stay thin: parse options into a `Config`, call one `pipeline` function, print one line.
 A `UserError` (or a bad config) becomes one line on stderr and exit code 2, never a traceback.
+
+Only light modules are imported here and at the top of every command module (config, run layout, typer,
+rich): torch, transformers and TRL load when a stage runs, so `--help` and a config error answer at once.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
-import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from pipeline.config import Config, load_config
-from pipeline.episodes import Episode
 from pipeline.errors import UserError
-from pipeline.play import Sharding, StageResult
 from pipeline.runs import RunLayout
+
+if TYPE_CHECKING:
+    from pipeline.episodes import Episode
+    from pipeline.play import StageResult
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 OFFLINE_ENV = {
@@ -29,7 +36,12 @@ OFFLINE_ENV = {
     "HF_DATASETS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # Ours show episodes and steps; weight-loading and dataset bars are noise (read by transformers/datasets
+    # at import, so no import of theirs is needed to set it).
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
 }
+PROGRESS_EVERY_S = 10.0  # when stderr is not a terminal: one progress line this often
 
 err_console = Console(stderr=True)
 
@@ -51,7 +63,7 @@ SamplesOpt = Annotated[int | None, typer.Option(help="Episodes per game.")]
 
 
 def set_offline_defaults() -> None:
-    """No hub traffic from any command: models and data are local by design."""
+    """No hub traffic from any command (models and data are local by design), and no library's own bars."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
 
@@ -102,44 +114,80 @@ def pick_round(config: Config, round_: int | None) -> int:
 
 
 class StageProgress:
-    """A progress bar on stderr (stdout stays for the one-line summary), started once the total is known."""
+    """A stage's progress on stderr (stdout stays for the one-line summary), started once the total is known.
 
-    def __init__(self, label: str, unit: str) -> None:
-        self.label = label
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(unit),
-            TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=not sys.stderr.isatty(),
-        )
-        self._task = None
+    On a terminal: a live bar. Elsewhere (a log file, CI, a pipe) a bar would be silent until the end or
+    spill control characters, so a short line is written every `every` seconds instead, and one at the
+    end. Closing is idempotent and happens by itself when the total is reached, so that the next stage's
+    bar never shares the screen with a finished one.
+    """
+
+    def __init__(self, label: str, unit: str, every: float = PROGRESS_EVERY_S) -> None:
+        self.label, self.unit, self.every = label, unit, every
+        self.total = self.completed = 0
+        self.note = ""
+        self._started: float | None = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def begin(self, total: int) -> None:
-        self._task = self._progress.add_task(self.label, total=total, note="")
-        self._progress.start()
+        self.total, self._started = total, time.monotonic()
+        if err_console.is_terminal:
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TextColumn("{task.fields[note]}"),
+                TimeElapsedColumn(),
+                console=err_console,
+            )
+            self._task = self._bar.add_task(self.label, total=total, note="")
+            self._bar.start()
+        else:
+            self._ticker = threading.Thread(target=self._tick, name=f"progress {self.label}", daemon=True)
+            self._ticker.start()
 
     def advance(self, count: int = 1, note: str | None = None) -> None:
-        fields = {} if note is None else {"note": note}
-        self._progress.update(self._task, advance=count, **fields)
+        self.completed += count
+        self.note = self.note if note is None else note
+        if self._bar is not None:
+            self._bar.update(self._task, advance=count, note=self.note)
+        if self.total and self.completed >= self.total:
+            self.close()
 
     def __call__(self, _item: object = None) -> None:
         """One more item done (a `ProgressSink`: told each finished episode or game)."""
         self.advance()
 
     def close(self) -> None:
-        if self._task is not None:
-            self._progress.stop()
+        if self._started is None:
+            return
+        if self._bar is not None:
+            self._bar.stop()
+        else:
+            self._stop.set()
+            note(self.line())
+        self._started = None
+
+    def line(self) -> str:
+        """`rollout round 1: 12/96 episodes, success 25%, 31 s`: what the periodic line says."""
+        elapsed = 0.0 if self._started is None else time.monotonic() - self._started
+        extra = f", {self.note}" if self.note else ""
+        return f"{self.label}: {self.completed}/{self.total} {self.unit}{extra}, {elapsed:.0f} s"
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            note(self.line())
 
 
 class EpisodeProgress(StageProgress):
     """Episodes played, with the success rate so far."""
 
-    def __init__(self, label: str) -> None:
-        super().__init__(label, "episodes")
+    def __init__(self, label: str, every: float = PROGRESS_EVERY_S) -> None:
+        super().__init__(label, "episodes", every)
         self.won = 0
         self.done = 0
 
@@ -147,6 +195,11 @@ class EpisodeProgress(StageProgress):
         self.done += 1
         self.won += episode.won
         self.advance(1, f"success {self.won / self.done:.0%}")
+
+
+def note(line: str) -> None:
+    """A line on stderr, whole and unstyled (stdout keeps the one-line summary)."""
+    err_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def play_summary_line(command: str, result: StageResult) -> str:
@@ -160,13 +213,30 @@ def play_summary_line(command: str, result: StageResult) -> str:
         f"-> {result.directory} [{state}]"
     )
     if result.summary:
-        overall = result.summary["overall"]
-        line += f"; success {overall['success']:.1%} over {overall['episodes']} episodes"
+        line += "; success " + split_success_text(
+            {split: block["success"] for split, block in result.summary["splits"].items()},
+            {split: block["episodes"] for split, block in result.summary["splits"].items()},
+        )
     return line
 
 
-def play_command(section: str, stage: Callable[..., StageResult], doc: str) -> Callable[..., None]:
-    """A typer command for a stage that plays games (`rollout`, `eval`): same options, own config section."""
+def split_success_text(success: dict[str, float | None], episodes: dict[str, int] | None = None) -> str:
+    """`train 16.7% (24 ep), valid_unseen 0.0% (12 ep)`: one rate per split, never one pooled over splits."""
+    if not success:
+        return "n/a"
+    parts = []
+    for split, value in success.items():
+        rate = "n/a" if value is None else f"{value:.1%}"
+        count = f" ({episodes[split]} ep)" if episodes and split in episodes else ""
+        parts.append(f"{split} {rate}{count}")
+    return ", ".join(parts)
+
+
+def play_command(section: str, stage: str, doc: str) -> Callable[..., None]:
+    """A typer command for a stage that plays games (`rollout`, `eval`): same options, own config section.
+
+    `stage` names its function in `pipeline.play`, imported when the command runs (see the module docstring).
+    """
 
     @user_errors
     def command(
@@ -195,9 +265,10 @@ def play_command(section: str, stage: Callable[..., StageResult], doc: str) -> C
             samples_per_game=samples_per_game,
         )
         round_ = pick_round(cfg, round_)
+        play = importlib.import_module("pipeline.play")
         progress = EpisodeProgress(f"{section} round {round_}")
         try:
-            result = stage(cfg, round_, Sharding(shard_index, num_shards), force, progress)
+            result = getattr(play, stage)(cfg, round_, play.Sharding(shard_index, num_shards), force, progress)
         finally:
             progress.close()
         typer.echo(play_summary_line(section, result))

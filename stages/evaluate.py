@@ -1,8 +1,7 @@
 """`sage-opd eval`: success per split and task type; one row per episode plus summary.json."""
 
-from pipeline.play import run_eval
 from stages.common import play_command
 
 evaluate = play_command(
-    "eval", run_eval, "Evaluate the student (or --policy) on the eval splits at the eval temperature."
+    "eval", "run_eval", "Evaluate the student (or --policy) on the eval splits at the eval temperature."
 )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from statistics import fmean
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
-import pandas as pd
 import typer
 from rich.color import Color
 from rich.color_triplet import ColorTriplet
@@ -17,18 +16,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.backends.hf import load_tokenizer
 from pipeline.errors import UserError
-from pipeline.inspection import (
-    apply_filters,
-    label_summary,
-    load_round,
-    mean_confidence_by_label,
-    recorded_tokenizer,
-    token_strings,
-    turn_confidence,
-)
-from pipeline.judges import LABELS
 from pipeline.runs import RunLayout
 from stages.common import (
     BaseOpt,
@@ -41,6 +29,9 @@ from stages.common import (
     pick_round,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 AnnotationsOpt = Annotated[
     str | None, typer.Option(help="Annotations folder inside the round (default: the config's annotate.out).")
@@ -75,6 +66,8 @@ def inspect(
         raise UserError(f"--limit must be 1 or more, got {limit}")
     cfg = build_config(config, run, set_, "annotate", base, out=annotations)
     round_ = pick_round(cfg, round_)
+    from pipeline.inspection import apply_filters, load_round, token_strings  # torch: only for a good config
+
     layout = RunLayout.of(cfg)
     turns_dir = layout.stage_dir(round_, "turns")
     frame = load_round(turns_dir, layout.stage_dir(round_, cfg.annotate.out))
@@ -109,6 +102,9 @@ def inspect(
 
 def _tokenizer_or_note(turns_dir: Path) -> Any:
     """The rollout's tokenizer, or None after one line saying why the responses will not be shaded."""
+    from pipeline.backends.hf import load_tokenizer
+    from pipeline.inspection import recorded_tokenizer
+
     folder = recorded_tokenizer(turns_dir)
     try:
         return load_tokenizer(folder)
@@ -159,12 +155,13 @@ def turn_view(row: Any, tokens: list[str] | None) -> Group:
     grid.add_row("rule flags", Text(", ".join(row.rule_flags) or "-"))
     if row.judge_output:
         grid.add_row("judge", Text(row.judge_output))
-    mean = _mean(np.mean(row.confidence)) if len(row.confidence) else "-"
+    mean = _mean(fmean(row.confidence)) if len(row.confidence) else "-"
     grid.add_row("confidence", Text(f"mean {mean} over {len(row.confidence)} tokens"))
     response = shaded_response(tokens, row.confidence) if tokens is not None else Text(row.response_text)
     grid.add_row("response", response)
-    title = Text(f"episode {row.episode_id} · turn {row.turn} · {row.task_type}")
-    return Group(Rule(title, align="left"), grid)
+    # A line of its own, not a rule's title: a title longer than the console (80 columns when piped) is cut.
+    title = Text(f"episode {row.episode_id} · turn {row.turn} · {row.task_type}", style="bold")
+    return Group(Rule(style="dim"), title, grid)
 
 
 def _mark(name: str, ok: bool) -> Text:
@@ -173,6 +170,9 @@ def _mark(name: str, ok: bool) -> Text:
 
 def summary_tables(frame: pd.DataFrame) -> list[Table]:
     """Label counts per task type and per turn index, and mean teacher confidence per label."""
+    from pipeline.inspection import label_summary, mean_confidence_by_label, turn_confidence
+    from pipeline.judges import LABELS
+
     counts = label_summary(frame)
     tables = [
         _counts_table("labels by task type", "task type", counts["task_type"]),
@@ -195,6 +195,8 @@ def _mean(value: float) -> str:
 
 
 def _counts_table(title: str, key: str, counts: pd.DataFrame) -> Table:
+    from pipeline.judges import LABELS
+
     table = Table(title=title)
     table.add_column(key)
     for column in [*LABELS, "total"]:

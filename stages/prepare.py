@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from pipeline.envs.games import resolve_data_root
-from pipeline.prepare import prepare as run_prepare
 from stages.common import BaseOpt, ConfigOpt, ForceOpt, SetOpt, StageProgress, build_config, user_errors
 
 ArchiveOpt = Annotated[Path | None, typer.Option(help="ALFWorld data archive to unpack under data/alfworld.")]
@@ -26,6 +25,8 @@ def prepare(
 ) -> None:
     """Locate or unpack the ALFWorld data and build the tiny student and teacher models."""
     cfg = build_config(config, None, set_, base=base)
+    from pipeline.prepare import prepare as run_prepare  # torch: only once the config is known to be good
+
     bars: list[StageProgress] = []
 
     def progress_for(label: str, unit: str) -> StageProgress:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from pipeline.report import write_report
-from pipeline.report.groups import several_seeds
-from pipeline.report.tables import Table, column_title
 from stages.common import BaseOpt, ConfigOpt, SetOpt, build_config, user_errors
+
+if TYPE_CHECKING:
+    from pipeline.report.tables import Table
 
 RunsOpt = Annotated[
     list[str] | None, typer.Option("--run", help="A run to report on (repeat for several; default: the config's run).")
@@ -43,6 +43,9 @@ def report(
 
     Runs that differ only in seed are a group: mean ± 95% t-interval over its seeds."""
     cfg = build_config(config, None, set_, base=base)
+    from pipeline.report import write_report  # pandas, matplotlib, the stages' readers: only when it runs
+    from pipeline.report.groups import several_seeds
+
     names = run or [cfg.run]
     runs_dir = Path(cfg.runs_dir)
     folder = out or runs_dir.parent / "reports" / "-".join(names)
@@ -62,6 +65,8 @@ def report(
 
 def rich_table(table: Table) -> RichTable:
     """The same cells as the Markdown page, for the terminal."""
+    from pipeline.report.tables import column_title
+
     shown = RichTable(title=table.title, caption=" ".join(table.notes), caption_justify="left")
     for name in table.frame.index.names:
         shown.add_column(name or "", overflow="fold")

@@ -1,8 +1,7 @@
 """`sage-opd rollout`: the policy plays the round's games; every turn lands in `turns` shards."""
 
-from pipeline.play import run_rollout
 from stages.common import play_command
 
 rollout = play_command(
-    "rollout", run_rollout, "Play games with the student (or --policy) and write one Parquet row per turn."
+    "rollout", "run_rollout", "Play games with the student (or --policy) and write one Parquet row per turn."
 )

@@ -6,28 +6,47 @@ from typing import Any
 
 import typer
 
-from pipeline.rounds import rounds_path, run_round
-from stages.common import BaseOpt, ConfigOpt, EpisodeProgress, RunOpt, SetOpt, StageProgress, build_config, user_errors
+from stages.common import (
+    BaseOpt,
+    ConfigOpt,
+    EpisodeProgress,
+    ForceOpt,
+    RunOpt,
+    SetOpt,
+    StageProgress,
+    build_config,
+    split_success_text,
+    user_errors,
+)
 
 
 def summary_line(entry: dict[str, Any], where: str) -> str:
+    """`round 2: student success train 16.7%, valid_unseen 0.0%; …`: success per eval split, never pooled."""
+
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1%}"
 
-    initial = f" (initial student {pct(entry['initial_success'])})" if "initial_success" in entry else ""
+    student = split_success_text(entry["success_by_split"])
+    initial = ""
+    if "initial_success_by_split" in entry:
+        initial = f" (initial student {split_success_text(entry['initial_success_by_split'])})"
     labels = entry["labels"] or {}
     label_text = " / ".join(f"{k} {labels.get(k, 0)}" for k in ("skip", "weak", "strong")) if labels else "no labels"
     stages = ", ".join(f"{stage} {sec:.0f}s" for stage, sec in entry["seconds"].items())
     return (
-        f"round {entry['round']}: student success {pct(entry['student_success'])}{initial}; "
+        f"round {entry['round']}: student success {student}{initial}; "
         f"rollout success {pct(entry['rollout_success'])}; {label_text}; {stages} -> {where}"
     )
 
 
 @user_errors
-def round_(config: ConfigOpt = None, base: BaseOpt = None, run: RunOpt = None, set_: SetOpt = None) -> None:
-    """Run the next round of a run (or finish the one a stop interrupted)."""
+def round_(
+    config: ConfigOpt = None, base: BaseOpt = None, run: RunOpt = None, set_: SetOpt = None, force: ForceOpt = False
+) -> None:
+    """Run the next round of a run (or finish the one a stop interrupted; with --force, redo it from scratch)."""
     cfg = build_config(config, run, set_, base=base)
+    from pipeline.rounds import rounds_path, run_round  # every stage's torch and TRL: only for a good config
+
     bars: list[StageProgress] = []
 
     def progress_for(stage: str, number: int) -> StageProgress:
@@ -40,7 +59,7 @@ def round_(config: ConfigOpt = None, base: BaseOpt = None, run: RunOpt = None, s
         return bar
 
     try:
-        entry = run_round(cfg, progress_for)
+        entry = run_round(cfg, progress_for, force)
     finally:
         for bar in bars:
             bar.close()

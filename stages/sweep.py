@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.report import Report
-from pipeline.sweep import SweepPlan, SweepResult, plan_sweep, run_sweep, write_sweep_report
-from stages.common import BaseOpt, SetOpt, err_console, user_errors
+from stages.common import BaseOpt, SetOpt, note, user_errors
+
+if TYPE_CHECKING:
+    from pipeline.report import Report
+    from pipeline.sweep import SweepPlan, SweepResult
 
 ConfigsOpt = Annotated[
     list[Path] | None, typer.Option("--config", "-c", help="A config of the grid (repeat for several).")
@@ -38,19 +40,16 @@ def sweep(
     out: OutOpt = None,
 ) -> None:
     """Run every (config, seed) of the grid for --rounds rounds, --jobs at a time, and write the report."""
-    plan = plan_sweep(config or [], seeds, rounds, jobs, set_ or [], threads, teacher, baseline, base)
-    result = run_sweep(plan, notify=note)
+    from pipeline import sweep as sweeps  # torch, the report's matplotlib: only when the command runs
+
+    plan = sweeps.plan_sweep(config or [], seeds, rounds, jobs, set_ or [], threads, teacher, baseline, base)
+    result = sweeps.run_sweep(plan, notify=note)
     if result.interrupted:
         note(kept_line(plan, result))
         raise typer.Exit(code=INTERRUPTED)
-    typer.echo(summary_line(plan, result, write_sweep_report(plan, out)))
+    typer.echo(summary_line(plan, result, sweeps.write_sweep_report(plan, out)))
     if result.failed:
         raise typer.Exit(code=1)
-
-
-def note(line: str) -> None:
-    """A progress line on stderr, whole (stdout keeps the one-line summary)."""
-    err_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def kept_line(plan: SweepPlan, result: SweepResult) -> str:

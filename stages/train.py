@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
-from pipeline.train import TrainResult, run_train
 from stages.common import BaseOpt, ConfigOpt, ForceOpt, RoundOpt, RunOpt, SetOpt, build_config, pick_round, user_errors
+
+if TYPE_CHECKING:
+    from pipeline.train import TrainResult
 
 
 def summary_line(result: TrainResult) -> str:
@@ -30,4 +34,7 @@ def train(
 ) -> None:
     """Train the student on the round's turns weighted by the teacher's annotations."""
     cfg = build_config(config, run, set_, base=base)
-    typer.echo(summary_line(run_train(cfg, pick_round(cfg, round_), force)))
+    round_ = pick_round(cfg, round_)
+    from pipeline.train import run_train  # torch and TRL: only once the config is known to be good
+
+    typer.echo(summary_line(run_train(cfg, round_, force)))

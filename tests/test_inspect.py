@@ -215,6 +215,17 @@ def test_cli_prints_the_turns_in_order(cli, round_):
     assert result.stderr == ""
 
 
+def test_headers_are_whole_when_piped_at_80_columns(round_):
+    """Piped, rich lays out at 80 columns: a turn's header must wrap there, never be cut (it names the turn)."""
+    args = ["inspect", f"--set=runs_dir={round_.runs_dir}", "--limit", "3"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    out = flat(result.stdout)
+    for turn in round_.turns.head(3).itertuples():
+        assert f"episode {turn.episode_id} · turn {turn.turn} · {turn.task_type}" in out
+    assert "…" not in result.stdout
+
+
 def test_cli_filters(cli, round_):
     notes, turns = round_.notes, round_.turns
     task = turns["task_type"].iloc[0]

@@ -258,7 +258,7 @@ def test_the_command_names_a_failed_run_and_exits_1(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module.ChildProcesses, "run", lambda self, child, log: children(child, log))
     monkeypatch.setattr(sweep_module, "available_cores", lambda: 2)
     reported = []
-    monkeypatch.setattr("stages.sweep.write_sweep_report", lambda plan, out: reported.append(plan.names))
+    monkeypatch.setattr(sweep_module, "write_sweep_report", lambda plan, out: reported.append(plan.names))
     args = ["sweep", "-c", str(OPD), "-c", str(SAGE), "--jobs", "2", "--no-teacher", f"--set=runs_dir={runs_dir}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output

@@ -38,14 +38,21 @@ ANNOTATION_COLUMNS = ["episode_id", "turn", "label", "label_source", "rule_flags
 _RERUN_ANNOTATE = "rerun `sage-opd annotate` with --force"
 
 
-def load_round(turns_dir: Path, annotations_dir: Path) -> pd.DataFrame:
+def load_round(
+    turns_dir: Path,
+    annotations_dir: Path,
+    turn_columns: Sequence[str] = TURN_COLUMNS,
+    annotation_columns: Sequence[str] = ANNOTATION_COLUMNS,
+) -> pd.DataFrame:
     """The round's turns joined with their annotations, one row per turn, in episode/turn order.
 
     UserError unless every turn has exactly one annotation and the reverse, every label is one we know
     and every confidence list covers the turn's response tokens: those are what inspect is there to trust.
+    The column lists (which must hold the defaults' key, label, confidence and response ids) let the
+    viewer read what it shows beside them.
     """
-    turns = read_stage(turns_dir, "turns", columns=TURN_COLUMNS).to_pandas()
-    notes = read_stage(annotations_dir, "annotations", columns=ANNOTATION_COLUMNS).to_pandas()
+    turns = read_stage(turns_dir, "turns", columns=list(turn_columns)).to_pandas()
+    notes = read_stage(annotations_dir, "annotations", columns=list(annotation_columns)).to_pandas()
     _check_unique(turns, turns_dir, "rerun `sage-opd rollout` with --force")
     _check_unique(notes, annotations_dir, _RERUN_ANNOTATE)
     _check_paired(turns, notes, turns_dir, annotations_dir)

@@ -15,6 +15,7 @@ from stages.rollout import rollout
 from stages.round import round_
 from stages.sweep import sweep
 from stages.train import train
+from stages.view import view
 
 app = typer.Typer(
     add_completion=False,
@@ -31,6 +32,7 @@ app.command("round")(round_)
 app.command("sweep")(sweep)
 app.command("inspect")(inspect)
 app.command("report")(report)
+app.command("view")(view)
 
 
 def main() -> None:

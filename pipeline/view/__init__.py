@@ -1,0 +1,1 @@
+"""`sage-opd view`: a round's trajectories as one self-contained HTML page (data -> page)."""

@@ -18,7 +18,6 @@ for it instead of working on the same round twice.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import signal
@@ -34,6 +33,7 @@ from typing import TextIO
 
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
+from pipeline.locks import try_flock
 from pipeline.report import Report, write_report
 from pipeline.rounds import next_round, recorded_rounds
 from pipeline.runs import RunLayout
@@ -430,17 +430,13 @@ def _run_lock(root: Path, stopping: threading.Event, on_wait: Callable[[], None]
     root.mkdir(parents=True, exist_ok=True)
     with (root / LOG_FILE).open("a", encoding="utf-8") as log:
         waited = False
-        while True:
-            try:
-                fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    on_wait()
-                    waited = True
-                if stopping.wait(LOCK_POLL_SECONDS):
-                    yield None
-                    return
+        while not try_flock(log):
+            if not waited:
+                on_wait()
+                waited = True
+            if stopping.wait(LOCK_POLL_SECONDS):
+                yield None
+                return
         yield log
 
 

@@ -4,7 +4,8 @@ Reads a round's complete `turns` stage and writes `annotations` with the same pa
 annotations covers exactly the rows of part i of the turns, in the same order, so resume is per part
 and a reader can join on (episode_id, turn) or simply zip the parts. The teacher model is loaded once
 and shared by the scorer and the judge. Teacher and student must share a vocabulary: checked before
-anything is written.
+anything is written. The manifest names the teacher by the content hash of its folder, so a replaced
+teacher at the same path is a changed input, not a reuse.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.backends.factory import Teacher, load_teacher, stage_backend
-from pipeline.backends.hf import load_tokenizer, require_model_dir
+from pipeline.backends.hf import load_tokenizer
+from pipeline.checkpoints import check_model_dir, model_fingerprint
 from pipeline.config import Config
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, UserError
 from pipeline.judges import Judgment, LikelihoodJudge, PromptJudge, RulesOnlyJudge, TurnJudge, judge_turns
+from pipeline.locks import writer_lock
 from pipeline.play import ALL_PARTS, Sharding
 from pipeline.runs import RunLayout
 from pipeline.shards import StageWriter, part_name, stage_fingerprint, verify_stage
@@ -135,45 +138,66 @@ def run_annotate(
     turns_dir = layout.stage_dir(round_, "turns")
     turns_manifest = verify_stage(turns_dir, "turns")
     student_path = turns_manifest["models"]["tokenizer"]
-    require_model_dir(config.models.teacher)
+    teacher_content = model_fingerprint(config.models.teacher)
     teacher_tokenizer = load_tokenizer(config.models.teacher)
-    require_model_dir(student_path)
+    check_model_dir(student_path)
     check_same_vocabulary(load_tokenizer(student_path), teacher_tokenizer, student_path, config.models.teacher)
 
     num_parts = turns_manifest["num_parts"]
-    writer = StageWriter(
-        layout.stage_dir(round_, config.annotate.out),
-        "annotations",
-        num_parts=num_parts,
-        force=force,
-        config={
-            "annotate": asdict(config.annotate),
-            "teacher": config.models.teacher,
-            "think": config.env.think,
-            "history": config.env.history,
-            "dtype": config.sampling.dtype,
-        },
-        inputs={"turns": stage_fingerprint(turns_dir, "turns")},
-        models={"teacher": config.models.teacher, "student_tokenizer": student_path},
-    )
-    mine = [i for i in range(num_parts) if sharding.owns(i)]
-    todo = writer.pending(mine)
-    result = AnnotateResult(writer.directory, parts_skipped=len(mine) - len(todo))
-    if todo:
-        if config.runtime.threads:
-            torch.set_num_threads(config.runtime.threads)
-        with stage_backend(config):
-            annotator = Annotator(config, teacher_tokenizer)
-            if progress is not None:
-                progress.begin(sum(turns_manifest["parts"][part_name(i)]["rows"] for i in todo))
-            for index in todo:
-                tick = time.perf_counter()
-                rows = pq.read_table(turns_dir / part_name(index)).to_pylist()
-                annotations = annotator.annotate(rows, progress.advance if progress is not None else None)
-                writer.write_part(index, annotations, seconds=time.perf_counter() - tick)
-                result.parts_written += 1
-                result.turns += len(annotations)
-                result.labels.update(a["label"] for a in annotations)
-                result.sources.update(a["label_source"] for a in annotations)
-    result.complete = writer.finalize()
+    directory = layout.stage_dir(round_, config.annotate.out)
+    with writer_lock(directory, (sharding.index, sharding.count)):
+        writer = StageWriter(
+            directory,
+            "annotations",
+            num_parts=num_parts,
+            force=force,
+            config={
+                "annotate": asdict(config.annotate),
+                "think": config.env.think,
+                "history": config.env.history,
+                "dtype": config.sampling.dtype,
+            },
+            inputs={"turns": stage_fingerprint(turns_dir, "turns"), "teacher": teacher_content},
+            models={"teacher": config.models.teacher, "student_tokenizer": student_path},
+        )
+        mine = [i for i in range(num_parts) if sharding.owns(i)]
+        todo = writer.pending(mine)
+        result = AnnotateResult(writer.directory, parts_skipped=len(mine) - len(todo))
+        if todo:
+            try:
+                _annotate_parts(config, turns_dir, turns_manifest, teacher_tokenizer, todo, writer, result, progress)
+            except KeyboardInterrupt:
+                kept = num_parts - len(writer.pending(range(num_parts)))
+                raise Interrupted(
+                    f"annotate of round {round_} interrupted: {kept} of {num_parts} parts are kept in {directory}; "
+                    "run the same command again to annotate the rest"
+                ) from None
+        result.complete = writer.finalize()
     return result
+
+
+def _annotate_parts(
+    config: Config,
+    turns_dir: Path,
+    turns_manifest: dict[str, Any],
+    teacher_tokenizer,
+    todo: list[int],
+    writer: StageWriter,
+    result: AnnotateResult,
+    progress: TurnProgress | None,
+) -> None:
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
+    with stage_backend(config):
+        annotator = Annotator(config, teacher_tokenizer)
+        if progress is not None:
+            progress.begin(sum(turns_manifest["parts"][part_name(i)]["rows"] for i in todo))
+        for index in todo:
+            tick = time.perf_counter()
+            rows = pq.read_table(turns_dir / part_name(index)).to_pylist()
+            annotations = annotator.annotate(rows, progress.advance if progress is not None else None)
+            writer.write_part(index, annotations, seconds=time.perf_counter() - tick)
+            result.parts_written += 1
+            result.turns += len(annotations)
+            result.labels.update(a["label"] for a in annotations)
+            result.sources.update(a["label_source"] for a in annotations)

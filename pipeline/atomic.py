@@ -49,6 +49,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        # A write that failed (a full disk) names no file: name the one we were writing.
+        raise OSError(err.errno, err.strerror or str(err), str(target)) from err
     finally:
         tmp.unlink(missing_ok=True)
 

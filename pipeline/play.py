@@ -3,14 +3,19 @@
 Episodes are a fixed list (the round's games × samples, recorded in the manifest) cut into parts
 of `episodes_per_shard`; a part is played and written whole, so a rerun after a kill replays exactly
 the missing parts and nothing twice. Parts are dealt to processes by `index % num_shards ==
-shard_index`. The settings that shape the data go into the manifest's config, so a rerun with
-different ones is refused, not mixed in.
+shard_index`. The settings that shape the data go into the manifest's config and the content hashes of
+what was played (the model, its tokenizer, the game files) into its inputs, so a rerun with different
+ones is refused, not mixed in: an eval after a retrain never reports the old checkpoint's results. One
+process plays a share of a stage at a time (a writer lock); Ctrl-C keeps every finished part and says so.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,14 +24,17 @@ import torch
 
 from pipeline.atomic import write_json
 from pipeline.backends.factory import load_generator, stage_backend
-from pipeline.backends.hf import load_tokenizer, require_model_dir
+from pipeline.backends.hf import load_tokenizer
+from pipeline.checkpoints import model_fingerprint
 from pipeline.config import ENGINE_SETTINGS, Config, PlayConfig
 from pipeline.envs.games import Game, discover_games, resolve_data_root, sample_games
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.workers import EnvPool
 from pipeline.episodes import Episode, EpisodeRunner, EpisodeSpec, PlayTimings, derive_seed
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, UserError
 from pipeline.evaluation import eval_row, summarize, turn_rows
+from pipeline.hashing import fingerprint, sha256_file
+from pipeline.locks import writer_lock
 from pipeline.policies import ExpertPolicy, LMPolicy, Policy
 from pipeline.runs import ResolvedPolicy, RunLayout, eval_dir_name, resolve_policy
 from pipeline.shards import StageWriter, read_stage
@@ -174,42 +182,81 @@ def _run_play(
     progress: ProgressSink | None,
 ) -> StageResult:
     data_root, specs = plan_episodes(config, play, round_)
-    for folder in {_tokenizer_path(config, policy), policy.model} - {None}:
-        require_model_dir(folder)
+    tokenizer = _tokenizer_path(config, policy)
+    content = {path: model_fingerprint(path) for path in {tokenizer, policy.model} - {None}}
     parts = chunk(specs, play.episodes_per_shard)
     temperature = config.sampling.temperature if play.temperature is None else play.temperature
-    writer = StageWriter(
-        directory,
-        stage,
-        num_parts=len(parts),
-        force=force,
-        config=_work_config(config, play, round_, policy, temperature),
-        inputs={"data_root": str(data_root), "games": game_ids(specs), "episodes": [s.episode_id for s in specs]},
-        models={"policy": policy.label, "checkpoint": policy.model, "tokenizer": _tokenizer_path(config, policy)},
-    )
-    mine = [i for i in range(len(parts)) if sharding.owns(i)]
-    todo = writer.pending(mine)
-    result = StageResult(directory, parts_skipped=len(mine) - len(todo))
-    if todo:
-        base = {"run": config.run, "round": round_, "policy": policy.label}
-        with EnvPool(config.env.num_workers, str(data_root.resolve())) as pool, stage_backend(config):
-            runner = _build_runner(config, policy, temperature, pool)
-            if progress is not None:
-                progress.begin(sum(len(parts[i]) for i in todo))
-            for index in todo:
-                tick = time.perf_counter()
-                episodes = runner.play(parts[index], derive_seed(config.seed, round_, stage, index), progress)
-                _refuse_if_all_failed(episodes, index)
-                writer.write_part(
-                    index, [row for ep in episodes for row in to_rows(ep, base)], seconds=time.perf_counter() - tick
-                )
-                result.parts_written += 1
-                result.episodes += len(episodes)
-                result.won += sum(ep.won for ep in episodes)
-                result.turns += sum(len(ep.turns) for ep in episodes)
-            result.timings = runner.timings
-    result.complete = writer.finalize()
+    with writer_lock(directory, (sharding.index, sharding.count)):
+        writer = StageWriter(
+            directory,
+            stage,
+            num_parts=len(parts),
+            force=force,
+            config=_work_config(config, play, round_, policy, temperature),
+            inputs={
+                "games": game_ids(specs),
+                "game_files": fingerprint({spec.game.game_id: sha256_file(spec.game.path) for spec in specs}),
+                "episodes": [s.episode_id for s in specs],
+                "model": content.get(policy.model),
+                "tokenizer": content[tokenizer],
+            },
+            models={
+                "policy": policy.label,
+                "checkpoint": policy.model,
+                "tokenizer": tokenizer,
+                "data_root": str(data_root),
+            },
+        )
+        mine = [i for i in range(len(parts)) if sharding.owns(i)]
+        todo = writer.pending(mine)
+        result = StageResult(directory, parts_skipped=len(mine) - len(todo))
+        if todo:
+            base = {"run": config.run, "round": round_, "policy": policy.label}
+            try:
+                with _sigint_left_to_us():
+                    pool = EnvPool(config.env.num_workers, str(data_root.resolve()))
+                with pool, stage_backend(config):
+                    runner = _build_runner(config, policy, temperature, pool)
+                    if progress is not None:
+                        progress.begin(sum(len(parts[i]) for i in todo))
+                    for index in todo:
+                        tick = time.perf_counter()
+                        episodes = runner.play(parts[index], derive_seed(config.seed, round_, stage, index), progress)
+                        _refuse_if_all_failed(episodes, index)
+                        rows = [row for ep in episodes for row in to_rows(ep, base)]
+                        writer.write_part(index, rows, seconds=time.perf_counter() - tick)
+                        result.parts_written += 1
+                        result.episodes += len(episodes)
+                        result.won += sum(ep.won for ep in episodes)
+                        result.turns += sum(len(ep.turns) for ep in episodes)
+                    result.timings = runner.timings
+            except KeyboardInterrupt:
+                kept = len(parts) - len(writer.pending(range(len(parts))))
+                raise Interrupted(
+                    f"{stage} of round {round_} interrupted: {kept} of {len(parts)} parts are kept in {directory}; "
+                    "run the same command again to play the rest"
+                ) from None
+        result.complete = writer.finalize()
     return result
+
+
+@contextmanager
+def _sigint_left_to_us() -> Iterator[None]:
+    """Worker processes started in this block ignore SIGINT (a disposition they inherit).
+
+    Ctrl-C in a terminal signals the whole process group: workers would die mid-step, each with its
+    own traceback. Ignoring it there leaves the stop to this process, which keeps the finished parts,
+    says so in one line, and then stops the workers itself. (A worker started later, to replace one
+    that died, takes the default again.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _refuse_if_all_failed(episodes: list[Episode], part: int) -> None:
@@ -238,7 +285,7 @@ def _work_config(
         "play": asdict(play),
         "env": env,
         "sampling": {**sampling, "temperature": temperature},
-        "policy": asdict(policy),
+        "policy": policy.label,  # its model is an input, by content (see `_run_play`)
     }
 
 

@@ -4,12 +4,16 @@ A round is rollout → annotate → train → eval (annotate is left out for `sf
 labels). Each stage skips what it already finished, so calling `round` again after a stop carries on
 where it stopped; the round counts as done once its line is in `rounds.jsonl`. Round 1 also
 evaluates the initial student, the baseline every later round is compared with.
+
+The line describes the finished stages, not the process that wrote it: labels are counted in the
+annotations, seconds are summed over the parts' manifests (and the training record), so a round that
+took three processes to finish reads the same as one that ran straight through.
 """
 
 from __future__ import annotations
 
 import json
-import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,19 +23,11 @@ import pyarrow.compute as pc
 from pipeline.annotate import run_annotate
 from pipeline.atomic import write_text
 from pipeline.config import Config
+from pipeline.losses import LABEL_NAMES
 from pipeline.play import run_eval, run_rollout
-from pipeline.runs import RunLayout
-from pipeline.shards import read_stage
+from pipeline.runs import ROUNDS_FILE, RunLayout, recorded_rounds
+from pipeline.shards import read_manifest, read_stage
 from pipeline.train import run_train
-
-ROUNDS_FILE = "rounds.jsonl"
-
-
-def recorded_rounds(layout: RunLayout) -> list[dict[str, Any]]:
-    path = layout.root / ROUNDS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def next_round(layout: RunLayout) -> int:
@@ -54,44 +50,59 @@ def success_by_split(summary: dict[str, Any] | None) -> dict[str, float | None]:
     return {split: block["success"] for split, block in (summary or {}).get("splits", {}).items()}
 
 
-def run_round(config: Config, progress_for=None) -> dict[str, Any]:
+def run_round(config: Config, progress_for=None, force: bool = False) -> dict[str, Any]:
     """Run (or finish) the next round; returns the line it appended to rounds.jsonl.
 
-    `progress_for(stage, round)` may return a progress sink for a stage (the CLI's bars).
+    `progress_for(stage, round)` may return a progress sink for a stage (the CLI's bars). `force` redoes
+    every stage of the round from scratch.
     """
     layout = RunLayout.of(config)
     round_ = next_round(layout)
-    seconds: dict[str, float] = {}
 
-    def timed(stage: str, work):
-        tick = time.perf_counter()
-        result = work(progress_for(stage, round_) if progress_for else None)
-        seconds[stage] = round(time.perf_counter() - tick, 2)
-        return result
+    def bar(stage: str):
+        return progress_for(stage, round_) if progress_for else None
 
-    timed("rollout", lambda bar: run_rollout(config, round_, progress=bar))
-    annotate = None
+    rollout = run_rollout(config, round_, force=force, progress=bar("rollout"))
+    seconds = {"rollout": stage_seconds(rollout.directory, "turns")}
+    labels = None
     if config.train.loss != "sft":
-        annotate = timed("annotate", lambda bar: run_annotate(config, round_, progress=bar))
-    train = timed("train", lambda bar: run_train(config, round_))
-    evaluation = timed("eval", lambda bar: run_eval(config, round_, progress=bar))
+        annotate = run_annotate(config, round_, force=force, progress=bar("annotate"))
+        seconds["annotate"] = stage_seconds(annotate.directory, "annotations")
+        labels = label_counts(annotate.directory)
+    train = run_train(config, round_, force)
+    seconds["train"] = round(train.seconds, 2)
+    evaluation = run_eval(config, round_, force=force, progress=bar("eval"))
+    seconds["eval"] = stage_seconds(evaluation.directory, "eval")
     entry: dict[str, Any] = {
         "round": round_,
         "student_success": success(evaluation.summary),
         "success_by_split": success_by_split(evaluation.summary),
         "rollout_success": rollout_success(layout, round_),
-        "labels": dict(annotate.labels) if annotate else None,
+        "labels": labels,
         "train_loss": train.mean_loss,
         "train_steps": train.steps,
         "seconds": seconds,
     }
     if round_ == 1:
         initial = replace(config, eval=replace(config.eval, policy=config.models.student))
-        baseline = timed("eval-initial", lambda bar: run_eval(initial, round_, progress=bar))
+        baseline = run_eval(initial, round_, force=force, progress=bar("eval-initial"))
+        seconds["eval-initial"] = stage_seconds(baseline.directory, "eval")
         entry["initial_success"] = success(baseline.summary)
         entry["initial_success_by_split"] = success_by_split(baseline.summary)
     append_round(layout, entry)
     return entry
+
+
+def stage_seconds(directory: Path, stage: str) -> float:
+    """Seconds spent on a stage's parts, whichever processes wrote them (each part records its own)."""
+    parts = read_manifest(directory, stage)["parts"].values()
+    return round(sum(entry.get("seconds") or 0.0 for entry in parts), 2)
+
+
+def label_counts(directory: Path) -> dict[str, int]:
+    """Turns per label over the whole annotations stage (not only the parts this process wrote)."""
+    counts = Counter(read_stage(directory, "annotations", columns=["label"])["label"].to_pylist())
+    return {label: counts[label] for label in LABEL_NAMES}
 
 
 def rollout_success(layout: RunLayout, round_: int) -> float | None:

@@ -1,20 +1,25 @@
 """Where a run's files live, and which checkpoint "student" means at a given round.
 
 Layout: `<runs_dir>/<run>/round-NNN/{turns,annotations,checkpoint,eval}/`. Round r rolls out the
-student that entered it: the newest checkpoint of an earlier round, or the configured initial student
-for round 1. That is what keeps each round on-policy.
+student that entered it: the checkpoint round r-1 trained, or the configured initial student for
+round 1. That is what keeps each round on-policy, so there is no falling back to an older model: a
+missing or damaged checkpoint stops the stage with a line naming its round.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from pipeline.checkpoints import verified_record
 from pipeline.config import POLICY_NAMES, Config
-from pipeline.errors import UserError
+from pipeline.errors import StorageError, UserError
 
 ROUND_DIR = re.compile(r"^round-(\d{3,})$")
+ROUNDS_FILE = "rounds.jsonl"  # one line per finished round, written by `round`
 
 
 @dataclass(frozen=True)
@@ -41,20 +46,63 @@ class RunLayout:
         return max(self.rounds(), default=1)
 
     def checkpoint(self, round_: int) -> Path | None:
+        """Round `round_`'s trained checkpoint, checked against its recorded file hashes; None if it has none.
+
+        A folder that is there but not whole (no record, a changed or missing file) is a StorageError
+        naming the round, never treated as absent: that would silently use another model.
+        """
         path = self.stage_dir(round_, "checkpoint")
-        return path if (path / "config.json").is_file() else None
+        if not path.exists():
+            return None
+        verified_record(path, round_)
+        return path
 
     def student_entering(self, round_: int, initial: str) -> str:
-        """The checkpoint that round `round_` rolls out."""
-        for earlier in range(round_ - 1, 0, -1):
-            if (path := self.checkpoint(earlier)) is not None:
-                return str(path)
-        return initial
+        """The checkpoint that round `round_` rolls out: round 1 the initial student, later rounds the
+        checkpoint the round before trained (a StorageError naming that round when it is missing or damaged)."""
+        if round_ == 1:
+            return initial
+        if (path := self.checkpoint(round_ - 1)) is None:
+            raise StorageError(
+                f"round {round_ - 1} has no checkpoint ({self.stage_dir(round_ - 1, 'checkpoint')} is missing), so "
+                f"round {round_} has no student to start from: run `sage-opd train --round {round_ - 1}`"
+            )
+        return str(path)
 
     def student_leaving(self, round_: int, initial: str) -> str:
-        """The checkpoint round `round_` trained, or the one it started from when it has not trained yet."""
-        trained = self.checkpoint(round_)
-        return str(trained) if trained is not None else self.student_entering(round_, initial)
+        """The checkpoint round `round_` trained, or the one it started from when it has not trained yet.
+
+        A round recorded in rounds.jsonl has trained: without its checkpoint it is a StorageError.
+        """
+        if (trained := self.checkpoint(round_)) is not None:
+            return str(trained)
+        if any(entry["round"] == round_ for entry in recorded_rounds(self)):
+            raise StorageError(
+                f"round {round_} is recorded in {self.root / ROUNDS_FILE} but its checkpoint "
+                f"{self.stage_dir(round_, 'checkpoint')} is missing: rerun `sage-opd train --round {round_} --force`"
+            )
+        return self.student_entering(round_, initial)
+
+
+def recorded_rounds(layout: RunLayout) -> list[dict[str, Any]]:
+    """The lines of rounds.jsonl; a damaged line is a StorageError naming the file and the line."""
+    path = layout.root / ROUNDS_FILE
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise StorageError(
+                f"{path} line {number} is not a whole JSON record ({err.msg}): remove or repair it"
+            ) from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("round"), int):
+            raise StorageError(f"{path} line {number} is not a round record: remove or repair it")
+        entries.append(entry)
+    return entries
 
 
 @dataclass(frozen=True)

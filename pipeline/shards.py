@@ -16,7 +16,7 @@ import json
 import os
 import platform
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
@@ -92,18 +92,18 @@ class StageWriter:
         with _locked(self.directory, exclusive=True):
             if force:
                 _clear(self.directory)
-            if (self.directory / MANIFEST_NAME).exists():
-                existing = read_manifest(self.directory, stage)
-                _refuse_foreign(self.directory, existing["parts"], stage)
-                if existing["parts"]:  # a manifest that lists nothing has no work to lose: start afresh
-                    _check_reusable(self.directory, existing, self._fresh)
-                    return
-            if orphans := _part_files(self.directory):
+            existing = read_manifest(self.directory, stage) if (self.directory / MANIFEST_NAME).exists() else None
+            if existing is None and (orphans := _part_files(self.directory)):
                 raise UserError(
                     f"{self.directory} holds shards ({orphans[0]}, ...) but no {MANIFEST_NAME}: "
                     f"rerun `sage-opd {_command(stage)}` with --force to redo the stage"
                 )
-            _refuse_foreign(self.directory, {}, stage)
+            # An unlisted part of ours is what a writer killed between rename and manifest left: it is redone.
+            ours = {part_name(index) for index in range(num_parts)}
+            _refuse_foreign(self.directory, ours | set(existing["parts"] if existing else ()), stage)
+            if existing is not None and existing["parts"]:  # one that lists nothing has no work to lose
+                _check_reusable(self.directory, existing, self._fresh)
+                return
             write_json(self.directory / MANIFEST_NAME, self._fresh)
 
     def is_done(self, index: int) -> bool:
@@ -270,11 +270,9 @@ def _clear(directory: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def _refuse_foreign(
-    directory: Path, parts: Mapping[str, Any], stage: str, on_disk: Sequence[str] | None = None
-) -> None:
+def _refuse_foreign(directory: Path, known: Container[str], stage: str, on_disk: Sequence[str] | None = None) -> None:
     """Readers (pandas, datasets, duckdb) take every visible file of the folder for a shard: none may be a stranger."""
-    if foreign := [name for name in (_visible_files(directory) if on_disk is None else on_disk) if name not in parts]:
+    if foreign := [name for name in (_visible_files(directory) if on_disk is None else on_disk) if name not in known]:
         kind = "shard" if PART_FILE.match(foreign[0]) else "file"
         raise UserError(
             f"foreign {kind} {directory / foreign[0]}: not listed in {MANIFEST_NAME}, yet every reader of the folder "

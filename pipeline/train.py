@@ -1,30 +1,47 @@
 """The train stage: the round's turns and annotations update the student into `round-NNN/checkpoint/`.
 
-The checkpoint folder is written whole (atomically) by the trainer; `_train.json` beside the weights
-records what produced it (settings, input fingerprints, the student it started from, the trainer's
-log). A rerun with the same inputs skips training; different settings are refused until `--force`.
-A crash before `_train.json` exists means the stage is redone.
+The trainer saves into a staging folder beside the checkpoint; `_train.json` goes into that folder
+with what produced it (settings, the content hashes of the student and of the turns and annotations,
+the trainer's log) and the sha256 of every file; only then is the staging folder swapped in for
+`checkpoint/`. So a checkpoint is never seen without its record, and a kill at any moment leaves the
+old checkpoint or the new one, whole. A rerun with the same inputs skips training once the files
+match their hashes; other settings or inputs are refused until `--force`. One process trains a
+round at a time (a writer lock beside the folder); what a killed one left behind (staging folders,
+trainer scratch) is removed when the next one starts.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_json
-from pipeline.backends.hf import require_model_dir
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.atomic import swap_dir, write_json
+from pipeline.checkpoints import RECORD_FILE, file_hashes, model_fingerprint, read_record, verified_record
 from pipeline.config import Config
 from pipeline.episodes import derive_seed
-from pipeline.errors import UserError
+from pipeline.errors import StorageError, UserError
+from pipeline.hashing import fingerprint
+from pipeline.locks import writer_lock
+from pipeline.losses import LABEL_NAMES
 from pipeline.runs import RunLayout
-from pipeline.shards import fingerprint, read_stage, stage_fingerprint
+from pipeline.shards import read_stage, stage_fingerprint
 from pipeline.train_data import build_examples
 from pipeline.trainer import train_student
 
-RECORD_FILE = "_train.json"
+__all__ = ["RECORD_FILE", "TrainResult", "read_record", "run_train"]
+
+_STAGED = ".checkpoint.staged.tmp"  # the next checkpoint, with its record, before it is swapped in
+_SCRATCH = ".checkpoint.scratch.tmp"  # the trainer's temporary files (its output_dir), inside the run
+_LEFTOVERS = ".*checkpoint*.tmp"  # what a killed train leaves in the round folder (atomic_dir's names too)
 
 
 @dataclass
@@ -37,35 +54,39 @@ class TrainResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def read_record(directory: Path) -> dict[str, Any] | None:
-    path = directory / RECORD_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def run_train(config: Config, round_: int, force: bool = False) -> TrainResult:
     layout = RunLayout.of(config)
+    directory = layout.stage_dir(round_, "checkpoint")
+    # Under torchrun every rank runs this; rank 0 alone writes the checkpoint, so it alone holds the lock.
+    writer = int(os.environ.get("RANK", "0")) == 0
+    with writer_lock(directory) if writer else nullcontext():
+        if writer:
+            _remove_leftovers(directory.parent)
+        return _train(config, layout, round_, directory, force, writer)
+
+
+def _train(config: Config, layout: RunLayout, round_: int, directory: Path, force: bool, writer: bool) -> TrainResult:
     settings = config.train
     turns_dir = layout.stage_dir(round_, "turns")
     turns = read_stage(turns_dir, "turns")
     annotations_dir = layout.stage_dir(round_, settings.annotations)
-    annotations = None if settings.loss == "sft" else read_stage(annotations_dir, "annotations")
+    annotations = None
+    if settings.loss != "sft":
+        annotations = read_stage(annotations_dir, "annotations")
+        _check_labels(annotations_dir, annotations)
     student = layout.student_entering(round_, config.models.student)
-    require_model_dir(student)
-    directory = layout.stage_dir(round_, "checkpoint")
     setup = {
         "train": asdict(settings),
         "seed": config.seed,
-        "student": student,
         "inputs": {
+            "student": model_fingerprint(student),
             "turns": stage_fingerprint(turns_dir, "turns"),
             "annotations": None if annotations is None else stage_fingerprint(annotations_dir, "annotations"),
         },
     }
-    done = read_record(directory)
-    if done is not None and not force:
-        if done["fingerprint"] == fingerprint(setup):
+    if directory.exists() and not force:
+        done = verified_record(directory, round_)
+        if done.get("fingerprint") == fingerprint(setup):
             return TrainResult(directory, False, done["steps"], done["mean_loss"], done["seconds"], done["stats"])
         raise UserError(
             f"{directory} was trained with other settings or inputs: rerun `sage-opd train` with --force to redo it"
@@ -78,15 +99,17 @@ def run_train(config: Config, round_: int, force: bool = False) -> TrainResult:
         world_batch=settings.per_device_batch_size * settings.gradient_accumulation_steps * world,
         seed=derive_seed(config.seed, round_, "train"),
     )
-    summary = train_student(
-        student, examples, stats, settings, directory, seed=config.seed, threads=config.runtime.threads or None
-    )
+    staged = directory.parent / _STAGED
+    with _scratch_tempdir(directory.parent / _SCRATCH) if writer else nullcontext():
+        summary = train_student(
+            student, examples, stats, settings, staged, seed=config.seed, threads=config.runtime.threads or None
+        )
     losses = [entry["loss"] for entry in summary.log_history if "loss" in entry]
     mean_loss = sum(losses) / len(losses) if losses else None
-    write_json(
-        directory / RECORD_FILE,
-        {
+    if writer:
+        record = {
             **setup,
+            "student": student,
             "fingerprint": fingerprint(setup),
             "status": "complete",
             "steps": summary.steps,
@@ -94,6 +117,42 @@ def run_train(config: Config, round_: int, force: bool = False) -> TrainResult:
             "seconds": summary.seconds,
             "stats": stats,
             "log_history": summary.log_history,
-        },
-    )
+            "files": file_hashes(staged),
+        }
+        write_json(staged / RECORD_FILE, record)
+        swap_dir(staged, directory)
+        shutil.rmtree(staged, ignore_errors=True)  # the checkpoint it replaced, if any
     return TrainResult(directory, True, summary.steps, mean_loss, summary.seconds, stats)
+
+
+def _check_labels(directory: Path, annotations) -> None:
+    """A label the loss does not know is damaged data: one line naming the shard, not a trainer crash."""
+    if set(pc.unique(annotations["label"]).to_pylist()) <= set(LABEL_NAMES):
+        return
+    for part in sorted(directory.glob("part-*.parquet")):
+        unknown = set(pq.read_table(part, columns=["label"])["label"].to_pylist()) - set(LABEL_NAMES)
+        if unknown:
+            raise StorageError(
+                f"annotations shard {part} holds label {sorted(unknown)[0]!r} (expected one of "
+                f"{', '.join(LABEL_NAMES)}): rerun `sage-opd annotate` with --force"
+            )
+
+
+def _remove_leftovers(round_dir: Path) -> None:
+    """Staging folders and trainer scratch of a train that was killed (we hold the round's writer lock)."""
+    if round_dir.is_dir():
+        for leftover in round_dir.glob(_LEFTOVERS):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def _scratch_tempdir(scratch: Path) -> Iterator[None]:
+    """Temporary files of the training step (the Trainer's own `sage-opd-trainer-*` output folder among
+    them) go inside the run, where the next train removes what a kill left, instead of piling up in TMPDIR."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    previous, tempfile.tempdir = tempfile.tempdir, str(scratch)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(scratch, ignore_errors=True)

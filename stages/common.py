@@ -1,7 +1,8 @@
 """What every command shares: options, config loading, the user-error boundary, progress display.
 
 Commands stay thin: parse options into a `Config`, call one `pipeline` function, print one line.
-A `UserError` (or a bad config) becomes one line on stderr and exit code 2, never a traceback.
+A `UserError` (or a bad config) becomes one line on stderr and exit code 2, a damaged file or an OS-level
+failure one line and exit 1, Ctrl-C one line and exit 130: never a traceback.
 
 Only light modules are imported here and at the top of every command module (config, run layout, typer,
 rich): torch, transformers and TRL load when a stage runs, so `--help` and a config error answer at once.
@@ -21,9 +22,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from pipeline.config import Config, load_config
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, StorageError, UserError
 from pipeline.runs import RunLayout
 
 if TYPE_CHECKING:
@@ -69,15 +71,26 @@ def set_offline_defaults() -> None:
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a `UserError` into one line on stderr and exit code 2."""
+    """One line on stderr instead of a traceback: a `UserError` exits 2; a `StorageError` or an OS-level failure
+    (permission denied, not a directory, a full disk) exits 1 naming the path; Ctrl-C exits 130 saying what was kept."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except StorageError as exc:
+            code, label, message = 1, "error", str(exc)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            code, label, message = 2, "error", str(exc)
+        except OSError as exc:
+            paths = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+            code, label, message = 1, "error", f"{exc.strerror or exc}: {paths or 'no path given'}"
+        except Interrupted as exc:
+            code, label, message = 130, "stopped", str(exc)
+        except KeyboardInterrupt:
+            code, label, message = 130, "stopped", "interrupted; what was finished is kept: run the command again"
+        err_console.print(Text.assemble((f"{label}:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+        raise typer.Exit(code=code) from None
 
     return wrapper
 

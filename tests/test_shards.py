@@ -459,6 +459,19 @@ def test_any_visible_file_that_is_not_a_listed_part_is_foreign(tmp_path, name):
     assert pd.read_parquet(directory).shape == (24, len(TURNS_SCHEMA))
 
 
+def test_a_part_renamed_in_by_a_writer_killed_before_its_manifest_entry_is_redone(tmp_path):
+    """Readers refuse it (unlisted), the next writer of the stage rewrites it: it is one of its own parts."""
+    directory = tmp_path / "turns"
+    writer(directory).write_part(0, part_rows(0))
+    (directory / part_name(1)).write_bytes((directory / part_name(0)).read_bytes())
+    with pytest.raises(UserError, match="foreign shard"):
+        verify_stage(directory, "turns", require_complete=False)
+    resumed = writer(directory)
+    assert resumed.pending(range(3)) == [1, 2]
+    assert resumed.write_part(1, part_rows(1)) is True
+    assert read_stage(directory, "turns", require_complete=False).num_rows == 16
+
+
 def test_a_manifest_that_lists_no_part_is_replaced_by_the_next_writer(tmp_path):
     """A stage that failed before its first part (a bad model folder) must not block the corrected rerun."""
     directory = tmp_path / "turns"

@@ -233,8 +233,8 @@ def _run_play(
             except KeyboardInterrupt:
                 kept = len(parts) - len(writer.pending(range(len(parts))))
                 raise Interrupted(
-                    f"{stage} of round {round_} interrupted: {kept} of {len(parts)} parts are kept in {directory}; "
-                    "run the same command again to play the rest"
+                    f"{play.section} of round {round_} interrupted: {kept} of {len(parts)} parts are kept in "
+                    f"{directory}; run the same command again to play the rest"
                 ) from None
         result.complete = writer.finalize()
     return result

@@ -153,9 +153,7 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
 
 
 @pytest.mark.parametrize("damage", ["missing", "flipped byte", "no record"])
-def test_a_damaged_checkpoint_stops_every_consumer(
-    finished_round, tmp_path, small_settings, damage
-):
+def test_a_damaged_checkpoint_stops_every_consumer(finished_round, tmp_path, small_settings, damage):
     """Next round's rollout, eval and train's "already done" all check the hashes; no fallback to models.student."""
     config, layout, items = copy_run(finished_round, tmp_path, small_settings)
     checkpoint = layout.stage_dir(1, "checkpoint")
@@ -382,7 +380,8 @@ def test_ctrl_c_in_rollout_with_workers_is_one_line_exit_130_and_resumes(items, 
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if "interrupted" in line]
-    assert len(lines) == 1 and f"parts are kept in {turns}; run the same command again" in lines[0], stderr
+    assert len(lines) == 1 and lines[0].startswith("stopped: rollout of round 1 interrupted: "), stderr
+    assert f"parts are kept in {turns}; run the same command again" in lines[0]
     kept = len(list(turns.glob("part-*.parquet")))
     assert 1 <= kept < 6 and f": {kept} of 6 parts" in lines[0]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -11,11 +11,8 @@ process plays a share of a stage at a time (a writer lock); Ctrl-C keeps every f
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -213,9 +210,7 @@ def _run_play(
         if todo:
             base = {"run": config.run, "round": round_, "policy": policy.label}
             try:
-                with _sigint_left_to_us():
-                    pool = EnvPool(config.env.num_workers, str(data_root.resolve()))
-                with pool, stage_backend(config):
+                with EnvPool(config.env.num_workers, str(data_root.resolve())) as pool, stage_backend(config):
                     runner = _build_runner(config, policy, temperature, pool)
                     if progress is not None:
                         progress.begin(sum(len(parts[i]) for i in todo))
@@ -238,25 +233,6 @@ def _run_play(
                 ) from None
         result.complete = writer.finalize()
     return result
-
-
-@contextmanager
-def _sigint_left_to_us() -> Iterator[None]:
-    """Worker processes started in this block ignore SIGINT (a disposition they inherit).
-
-    Ctrl-C in a terminal signals the whole process group: workers would die mid-step, each with its
-    own traceback. Ignoring it there leaves the stop to this process, which keeps the finished parts,
-    says so in one line, and then stops the workers itself. (A worker started later, to replace one
-    that died, takes the default again.)
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _refuse_if_all_failed(episodes: list[Episode], part: int) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -21,6 +23,19 @@ EnvResult = EnvStep | EnvFailure
 # Requests in flight per worker before a submit first takes in an answer: a pipe holds ~200 KB each way, and a
 # worker blocked sending answers nobody reads stops reading requests, while we block sending it more.
 MAX_IN_FLIGHT = 32
+
+
+def _start_ignoring_sigint(process: mp.process.BaseProcess) -> None:
+    """Start `process` with SIGINT ignored from its first instruction (an ignored signal stays ignored
+    across exec, and Python then installs no handler of its own), so not even its imports see Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # signal dispositions: main thread only
+        process.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _worker_main(conn: Connection, alfworld_data: str, expert: str | None) -> None:
@@ -71,7 +86,7 @@ class EnvPool:
     def _start_worker(self) -> tuple[mp.process.BaseProcess, Connection]:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(target=_worker_main, args=(child, self._alfworld_data, self._expert), daemon=True)
-        process.start()
+        _start_ignoring_sigint(process)
         child.close()
         return process, parent
 

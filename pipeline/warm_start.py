@@ -14,7 +14,9 @@ no pupil either: it memorizes them (keyed on the task and the step), and advice 
 it strays into blurs that memory rather than adding to it. Measured on the mini games, such a
 student lost success after one round in every setting we tried, even with the planner's own
 labels, while one warm-started on DAgger episodes went from 0-8% to 33-38% in three rounds.
-Each model records what it got in `_sft.json`; a model that has one is left alone.
+Each model records what it got in `_sft.json`; a model that has one is left alone. The record
+includes the model's next-action accuracy on DAgger states of the eval splits' games
+(`pipeline/action_probe.py`): on held-out games, whether the warm start transfers, per verb.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.action_probe import accuracy_by_verb, action_verb, greedy_matches
 from pipeline.atomic import write_json
 from pipeline.backends.factory import load_hf_model
 from pipeline.backends.hf import HFGenerator, load_tokenizer
@@ -107,6 +110,29 @@ def greedy_success(config: Config, model: str, specs: list[EpisodeSpec], data_ro
     return sum(ep.won for ep in episodes) / len(episodes)
 
 
+def heldout_states(config: Config, tokenizer, progress_for=None) -> dict[str, list[dict[str, Any]]]:
+    """{eval split: DAgger rows of one noisy-expert episode per eval game}: states no warm start trained on
+    (unless the split is `train`), labelled by `prepare.dagger_expert`."""
+    states = {}
+    for split in config.eval.splits:
+        data_root, specs = plan_episodes(config, replace(config.eval, splits=[split], samples_per_game=1), 0)
+        bar = progress_for(f"held-out states ({split})", "episodes") if progress_for else None
+        states[split] = dagger_rows(config, specs, data_root, tokenizer, 1, bar)
+    return states
+
+
+def action_accuracy(config: Config, model: str, states: dict[str, list[dict[str, Any]]]) -> dict[str, dict]:
+    """{split: {verb: [right, states]}}: how often greedy decoding would answer the expert's action."""
+    tokenizer = load_tokenizer(model)
+    lm = load_hf_model(config, model)
+    accuracy = {}
+    for split, rows in states.items():
+        pairs = [(row["prompt_ids"], row["response_ids"]) for row in rows]
+        verbs = [action_verb(tokenizer, response) for _, response in pairs]
+        accuracy[split] = accuracy_by_verb(verbs, greedy_matches(lm, pairs, tokenizer.pad_token_id))
+    return accuracy
+
+
 def sft_in_place(config: Config, model: str, rows: list[dict[str, Any]], epochs: float, learning_rate: float) -> int:
     """Cross-entropy on every turn; the checkpoint folder is replaced atomically. Returns the step count."""
     settings = TrainConfig(
@@ -147,6 +173,7 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
         tokenizer = load_tokenizer(config.models.student)
         rows = expert_rows(config, specs, data_root, tokenizer) if settings.walkthroughs else []
         dagger: dict[int, list[dict[str, Any]]] = {}  # by episodes per game: equal counts share one play
+        heldout: dict[str, list[dict[str, Any]]] | None = None
         for name in todo:
             model = models[name]
             epochs, learning_rate, samples = plan[name]
@@ -167,5 +194,8 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
                 "games": len(specs),
                 "greedy_games": min(len(specs), GREEDY_CHECK_GAMES),
             }
+            if heldout is None:
+                heldout = heldout_states(config, tokenizer, progress_for)
+            record["action_accuracy"] = action_accuracy(config, model, heldout)
             write_json(Path(model) / SFT_RECORD, record)
     return {name: sft_record(model) for name, model in models.items()}

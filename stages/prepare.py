@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.action_probe import ALL
 from pipeline.envs.games import resolve_data_root
 from stages.common import BaseOpt, ConfigOpt, ForceOpt, SetOpt, StageProgress, build_config, user_errors
 
@@ -43,6 +44,7 @@ def prepare(
     sft = "; ".join(
         f"{name} SFT: {record['steps']} steps on {record['games']} games, greedy success "
         f"{record['greedy_success']:.0%} on {record.get('greedy_games', record['games'])} of them"
+        + _accuracy_note(record.get("action_accuracy", {}))
         for name, record in report.warm_starts.items()
         if record
     )
@@ -50,3 +52,14 @@ def prepare(
         made = f"generated {report.bench_games} games in {report.bench_seconds:.0f} s" if report.bench_games else "kept"
         data = f"mini benchmark {made} at {resolve_data_root('bench', cfg.data.path)}; {data}"
     typer.echo(f"prepare: {data}; models: {models}" + (f"; {sft}" if sft else ""))
+
+
+def _accuracy_note(accuracy: dict[str, dict[str, list[int]]]) -> str:
+    """", the expert's next action at 43% of valid_unseen states (n=1659)" over the probed splits."""
+    parts = []
+    for split, by_verb in accuracy.items():
+        if ALL not in by_verb:  # a split without states
+            continue
+        right, total = by_verb[ALL]
+        parts.append(f"{right / total:.0%} of {split} states (n={total})")
+    return f", the expert's next action at {', '.join(parts)}" if parts else ""

@@ -95,6 +95,8 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
         f"models.teacher={models['teacher']}",
         f"data.path={tmp_path / 'few'}",
         "rollout.num_games=1",  # a per-round sample; warm starts learn every game of the split
+        "eval.splits=[train]",  # the only split here: the probe plays its games with a new draw of detours
+        "eval.num_games=2",
         "prepare.teacher_sft_epochs=2",
         "prepare.student_sft_epochs=1",
         "prepare.sft_batch_size=4",
@@ -109,6 +111,12 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     assert teacher["steps"] == 2 * math.ceil((teacher["turns"] + teacher["dagger_turns"]) / 4)
     assert student["steps"] == math.ceil((student["turns"] + student["dagger_turns"]) / 4)
     assert 0.0 <= teacher["greedy_success"] <= 1.0
+    for record in (teacher, student):  # the next action on one noisy-expert episode of every eval game
+        assert list(record["action_accuracy"]) == config.eval.splits
+        for by_verb in record["action_accuracy"].values():
+            right, states = by_verb["all"]
+            assert 0 <= right <= states > 0
+            assert sum(count for verb, (_, count) in by_verb.items() if verb != "all") == states
     stamp = (models["teacher"] / "model.safetensors").stat().st_mtime_ns
     assert warm_start_models(config) == records  # recorded: nothing is trained again
     assert (models["teacher"] / "model.safetensors").stat().st_mtime_ns == stamp

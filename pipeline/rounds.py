@@ -25,14 +25,9 @@ from pipeline.atomic import write_text
 from pipeline.config import Config
 from pipeline.losses import LABEL_NAMES
 from pipeline.play import run_eval, run_rollout
-from pipeline.runs import ROUNDS_FILE, RunLayout, recorded_rounds
+from pipeline.runs import ROUNDS_FILE, RunLayout, next_round, recorded_rounds
 from pipeline.shards import read_manifest, read_stage
 from pipeline.train import run_train
-
-
-def next_round(layout: RunLayout) -> int:
-    """The first round without a line in rounds.jsonl (an unfinished round is carried on, not restarted)."""
-    return max((entry["round"] for entry in recorded_rounds(layout)), default=0) + 1
 
 
 def append_round(layout: RunLayout, entry: dict[str, Any]) -> None:

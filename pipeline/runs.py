@@ -105,6 +105,11 @@ def recorded_rounds(layout: RunLayout) -> list[dict[str, Any]]:
     return entries
 
 
+def next_round(layout: RunLayout) -> int:
+    """The first round without a line in rounds.jsonl (an unfinished round is carried on, not restarted)."""
+    return max((entry["round"] for entry in recorded_rounds(layout)), default=0) + 1
+
+
 @dataclass(frozen=True)
 class ResolvedPolicy:
     """`label` goes into the `policy` column; `model` is the checkpoint folder (None for the expert)."""

@@ -29,14 +29,15 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
 from pipeline.locks import try_flock
-from pipeline.report import Report, write_report
-from pipeline.rounds import next_round, recorded_rounds
-from pipeline.runs import RunLayout
+from pipeline.runs import RunLayout, next_round, recorded_rounds
+
+if TYPE_CHECKING:
+    from pipeline.report import Report
 
 SEEDS_ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
 # `--set` keys a sweep sets itself, per run and per child: a user's value would be silently overridden.
@@ -445,5 +446,7 @@ def write_sweep_report(plan: SweepPlan, out: Path | None = None) -> Report | Non
     names = [run.name for run in plan.runs if run.layout.rounds() or recorded_rounds(run.layout)]
     if not names:
         return None
+    from pipeline.report import write_report  # matplotlib and pandas: only once there is something to report
+
     annotations = plan.runs[0].config.train.annotations
     return write_report(plan.runs_dir, names, out or plan.report_dir(), plan.baseline, annotations)

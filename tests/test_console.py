@@ -30,7 +30,8 @@ def loaded_after(code: str) -> list[str]:
 def test_the_command_line_loads_no_heavy_module_for_help_or_a_config_error():
     assert loaded_after("import stages.cli") == []
     invoke = "from typer.testing import CliRunner\nfrom stages.cli import app\nr = CliRunner().invoke(app, {args!r})"
-    for args in (["round", "--help"], ["view", "--help"], ["rollout", "--set", "rollout.bogus=1"]):
+    sweep_typo = ["sweep", "--config", "configs/ablations/opd.yaml", "--set", "rollout.bogus=1"]
+    for args in (["round", "--help"], ["view", "--help"], ["rollout", "--set", "rollout.bogus=1"], sweep_typo):
         assert loaded_after(invoke.format(args=args)) == [], args
 
 

@@ -34,6 +34,7 @@ from pipeline.backends.hf import HFGenerator, load_tokenizer
 from pipeline.config import Config, TrainConfig
 from pipeline.envs.games import select_games
 from pipeline.envs.prompts import PromptRenderer
+from pipeline.errors import UserError
 from pipeline.episodes import EpisodeSpec, play_games
 from pipeline.evaluation import turn_rows
 from pipeline.play import plan_episodes
@@ -153,6 +154,23 @@ def sft_in_place(config: Config, model: str, rows: list[dict[str, Any]], epochs:
     return summary.steps
 
 
+def prompt_settings(config: Config) -> dict[str, Any]:
+    """The settings that shape the prompts a warm start learns from (and any later prompt must match)."""
+    return {"history": config.env.history, "max_steps": config.env.max_steps, "think": config.env.think}
+
+
+def _refuse_other_prompts(config: Config, model: str, record: dict[str, Any] | None) -> None:
+    """A model warm-started on other prompts would be kept as if it were this config's: say so instead.
+    (Records written before `prompt` was recorded are taken as they are.)"""
+    learned = (record or {}).get("prompt")
+    if learned is not None and learned != prompt_settings(config):
+        differ = ", ".join(f"env.{key}={learned[key]}" for key in learned if learned[key] != prompt_settings(config)[key])
+        raise UserError(
+            f"{model} was warm-started on prompts with {differ}, not this config's: run `sage-opd prepare --force` "
+            "to rebuild it, or point models.* at another folder"
+        )
+
+
 def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, Any] | None]:
     """SFT the teacher and the student once each, as `config.prepare` says; returns their records.
 
@@ -167,6 +185,8 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
         "student": (settings.student_sft_epochs, settings.student_sft_learning_rate, settings.student_dagger_samples),
     }
     models = {name: getattr(config.models, name) for name in plan}
+    for name, model in models.items():
+        _refuse_other_prompts(config, model, sft_record(model))
     todo = [name for name, (epochs, _, _) in plan.items() if epochs > 0 and sft_record(models[name]) is None]
     if todo:
         data_root, specs = plan_episodes(config, replace(config.rollout, num_games=0, samples_per_game=1), 0)
@@ -193,6 +213,7 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
                 "greedy_success": greedy_success(config, model, specs, data_root),
                 "games": len(specs),
                 "greedy_games": min(len(specs), GREEDY_CHECK_GAMES),
+                "prompt": prompt_settings(config),
             }
             if heldout is None:
                 heldout = heldout_states(config, tokenizer, progress_for)

@@ -90,7 +90,7 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     for game in discover_games(MINI_DATA, "train")[:3]:  # a 3-game split keeps the warm start short
         folder = game.path.parent.parent
         shutil.copytree(folder, tmp_path / "few" / "json_2.1.1" / "train" / folder.name)
-    config = make_config(
+    config_overrides = (
         f"models.student={models['student']}",
         f"models.teacher={models['teacher']}",
         f"data.path={tmp_path / 'few'}",
@@ -103,6 +103,7 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
         "prepare.teacher_dagger_samples=2",
         "prepare.student_dagger_samples=1",
     )
+    config = make_config(*config_overrides)
     records = warm_start_models(config)
     teacher, student = records["teacher"], records["student"]
     assert (teacher["games"], teacher["epochs"], student["epochs"]) == (3, 2.0, 1.0)
@@ -121,3 +122,7 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     assert warm_start_models(config) == records  # recorded: nothing is trained again
     assert (models["teacher"] / "model.safetensors").stat().st_mtime_ns == stamp
     assert (models["teacher"] / SFT_RECORD).is_file()
+    assert teacher["prompt"] == {"history": config.env.history, "max_steps": config.env.max_steps, "think": False}
+    other_prompts = make_config(*config_overrides, f"env.history={config.env.history + 1}")
+    with pytest.raises(UserError, match=rf"warm-started on prompts with env.history={config.env.history}, not"):
+        warm_start_models(other_prompts)  # kept silently, it would play prompts it never saw

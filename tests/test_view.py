@@ -138,3 +138,31 @@ def test_chromium_renders_the_turns_labels_and_a_tokens_top_k(viewed, tmp_path, 
     done = browse(browser, tmp_path / "profile-shot", url, f"--screenshot={shot}", "--window-size=1280,800")
     assert done.returncode == 0, done.stderr
     assert shot.read_bytes()[:8] == PNG_MAGIC and shot.stat().st_size > 20_000
+
+
+def test_serve_answers_the_page_on_localhost_and_stops_on_ctrl_c(viewed, small_settings):
+    import signal
+    import sys
+    import urllib.error
+    import urllib.request
+
+    root, _, _, _ = viewed
+    args = ["view", "--serve", "--port", "0", f"--set=runs_dir={root / 'runs'}", *(f"--set={s}" for s in small_settings)]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "stages", *args], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = ""
+        while "serving" not in line:
+            line = server.stderr.readline()
+            assert line or server.poll() is None, "the server ended before it listened"
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
+        page = root / "runs" / "default" / "round-001" / "view.html"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert answer.read() == page.read_bytes()
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(url + "turns.parquet", timeout=30)  # the page only, never the run's files
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, rest = server.communicate(timeout=60)
+    assert server.returncode == 0 and "Traceback" not in rest  # Ctrl-C is how a served page ends, not a failure

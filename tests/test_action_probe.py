@@ -1,23 +1,8 @@
 """The next-action probe: exactly "would greedy decoding answer this response", grouped by verb."""
 
-import pytest
+from test_hf_backend import CORPUS, generator  # noqa: F401 (a fixture: a tiny model and its tokenizer)
 
 from pipeline.action_probe import ALL, accuracy_by_verb, action_verb, greedy_matches
-from pipeline.backends.hf import HFGenerator
-from pipeline.tiny_models import STUDENT_SPEC, build_tiny_model, train_tokenizer
-
-CORPUS = [
-    "You arrive at countertop 1. On the countertop 1, you see a apple 1, a knife 2, and a mug 3.",
-    "<action>go to fridge 1</action>",
-    "<action>take mug 1 from shelf 2</action>",
-    "Your task is to: put a clean mug in coffeemachine.",
-] * 20
-
-
-@pytest.fixture(scope="module")
-def generator():
-    tokenizer = train_tokenizer(CORPUS, vocab_size=400)
-    return HFGenerator(build_tiny_model(tokenizer, STUDENT_SPEC, seed=3), tokenizer)
 
 
 def test_accuracy_by_verb_counts_each_state_once_per_verb_and_once_in_all():
@@ -29,8 +14,8 @@ def test_accuracy_by_verb_counts_each_state_once_per_verb_and_once_in_all():
 
 def test_action_verb_reads_the_action_inside_the_tags(generator):
     tokenizer = generator.tokenizer
-    ids = tokenizer("<action>take mug 1 from shelf 2</action>", add_special_tokens=False)["input_ids"]
-    assert action_verb(tokenizer, ids + [tokenizer.eos_token_id]) == "take"
+    ids = tokenizer("<action>move mug 1 to shelf 2</action>", add_special_tokens=False)["input_ids"]
+    assert action_verb(tokenizer, ids + [tokenizer.eos_token_id]) == "move"
 
 
 def test_a_greedy_answer_matches_and_any_other_token_does_not(generator):

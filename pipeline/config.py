@@ -25,6 +25,7 @@ SPLITS = ("train", "valid_seen", "valid_unseen", "valid_train")
 POLICY_NAMES = ("student", "teacher", "expert")
 DATA_SOURCES = ("mini", "bench", "alfworld")
 DAGGER_EXPERTS = ("planner", "search")
+GO_TO_ORDERS = ("sorted", "from_here")  # how the environment lists `go to` actions (pipeline.envs.alfworld_env)
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -74,12 +75,22 @@ class EnvConfig:
     max_steps: int = _help("Steps before an episode is cut off (ALFWorld's usual protocol: 50).", default=50)
     history: int = _help("How many recent (observation, action) pairs the prompt shows.", default=2)
     think: bool = _help("Ask for reasoning in <think>…</think> before <action>…</action>.", default=False)
+    go_to_order: str = _help(
+        "How the `go to` actions are listed: `sorted` (the engine's order, by name) or `from_here` (the "
+        "rest of a tour of the room, starting after where the agent stands: a memoryless agent sweeps a "
+        "room by taking the first suitable one).",
+        default="sorted",
+    )
     num_workers: int = _help("Environment worker processes; resets and steps run in them, in parallel.", default=2)
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, f"max_steps must be at least 1, not {self.max_steps}.")
         _check(self.history >= 0, f"history must be 0 or more, not {self.history}.")
         _check(self.num_workers >= 1, f"num_workers must be at least 1, not {self.num_workers}.")
+        _check(
+            self.go_to_order in GO_TO_ORDERS,
+            f"go_to_order must be one of {', '.join(GO_TO_ORDERS)}, not {self.go_to_order!r}.",
+        )
 
 
 # vLLM engine knobs: they decide where and how fast responses are made, never which (kept out of manifests).

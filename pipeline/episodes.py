@@ -209,15 +209,17 @@ def play_games(
     think: bool,
     seed: int = 0,
     expert: str | None = None,
+    go_to_order: str = "sorted",
     on_finished: Callable[[Episode], None] | None = None,
 ) -> list[Episode]:
     """Play a list of episodes with a fresh worker pool (prepare's corpus, DAgger plays and checks).
 
     At most PLAY_BATCH episodes are under way at once: each live game holds its engine state in a worker
     (1,008 at once grew each of two workers to 1.4 GB in prepare's DAgger play on the benchmark).
-    `expert` runs that expert in the environments, for policies that need its action (`NoisyExpertPolicy`).
+    `expert` runs that expert in the environments, for policies that need its action (`NoisyExpertPolicy`);
+    `go_to_order` is the games' listing of `go to` actions (`AlfWorldGame`).
     """
-    with EnvPool(num_workers, data_root, expert=expert) as pool:
+    with EnvPool(num_workers, data_root, expert=expert, go_to_order=go_to_order) as pool:
         batch_size = min(len(specs), PLAY_BATCH)
         runner = EpisodeRunner(
             policy, renderer, pool, batch_size=batch_size, max_steps=max_steps, history=history, think=think

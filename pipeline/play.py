@@ -210,7 +210,8 @@ def _run_play(
         if todo:
             base = {"run": config.run, "round": round_, "policy": policy.label}
             try:
-                with EnvPool(config.env.num_workers, str(data_root.resolve())) as pool, stage_backend(config):
+                pool = EnvPool(config.env.num_workers, str(data_root.resolve()), go_to_order=config.env.go_to_order)
+                with pool, stage_backend(config):
                     runner = _build_runner(config, policy, temperature, pool)
                     if progress is not None:
                         progress.begin(sum(len(parts[i]) for i in todo))

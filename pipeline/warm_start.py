@@ -73,6 +73,7 @@ def play(
         think=config.env.think,
         seed=config.seed,
         expert=expert,
+        go_to_order=config.env.go_to_order,
         on_finished=progress,
     )
 
@@ -156,15 +157,19 @@ def sft_in_place(config: Config, model: str, rows: list[dict[str, Any]], epochs:
 
 def prompt_settings(config: Config) -> dict[str, Any]:
     """The settings that shape the prompts a warm start learns from (and any later prompt must match)."""
-    return {"history": config.env.history, "max_steps": config.env.max_steps, "think": config.env.think}
+    env = config.env
+    return {"history": env.history, "max_steps": env.max_steps, "think": env.think, "go_to_order": env.go_to_order}
 
 
 def _refuse_other_prompts(config: Config, model: str, record: dict[str, Any] | None) -> None:
     """A model warm-started on other prompts would be kept as if it were this config's: say so instead.
-    (Records written before `prompt` was recorded are taken as they are.)"""
-    learned = (record or {}).get("prompt")
-    if learned is not None and learned != prompt_settings(config):
-        differ = ", ".join(f"env.{key}={learned[key]}" for key in learned if learned[key] != prompt_settings(config)[key])
+    (Records written before `prompt` was recorded are taken as they are; records written before
+    `go_to_order` existed were made with the engine's sorted order, the only one there was.)"""
+    if record is None or "prompt" not in record:
+        return
+    learned, wanted = {"go_to_order": "sorted", **record["prompt"]}, prompt_settings(config)
+    differ = ", ".join(f"env.{key}={learned[key]}" for key in wanted if learned.get(key) != wanted[key])
+    if differ:
         raise UserError(
             f"{model} was warm-started on prompts with {differ}, not this config's: run `sage-opd prepare --force` "
             "to rebuild it, or point models.* at another folder"

@@ -174,6 +174,8 @@ def test_the_new_prepare_settings_are_checked():
         load_config(None, ["prepare.tokenizer_splits=[train, test]"])
     with pytest.raises(UserError, match="source must be one of mini, bench, alfworld"):
         load_config(None, ["data.source=real"])
+    with pytest.raises(UserError, match="go_to_order must be one of sorted, from_here, not 'shuffled'"):
+        load_config(None, ["env.go_to_order=shuffled"])
 
 
 def test_scientific_notation_is_a_float():

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from pipeline.backends.hf import load_tokenizer
-from pipeline.envs.alfworld_env import AlfWorldGame, EnvFailure, EnvStep, split_task
+from pipeline.envs.alfworld_env import AlfWorldGame, EnvFailure, EnvStep, split_task, tour_from_here
 from pipeline.envs.games import MINI_DATA, MINI_SPLITS, TASK_TYPES, discover_games, select_games
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.workers import EnvPool
@@ -39,6 +39,55 @@ def test_a_mini_game_in_the_engine(monkeypatch):
         step = env.step(action)
     assert step.won and step.done
     env.close()
+
+
+def test_the_go_to_tour_starts_after_where_the_agent_stands_and_wraps_around():
+    receptacles = ["cabinet 1", "cabinet 10", "cabinet 2", "desk 1", "fridge 1"]  # sorted by name, as the engine does
+    at_cabinet_2 = [
+        "examine cabinet 2",
+        "go to cabinet 1",
+        "go to cabinet 10",
+        "go to desk 1",
+        "go to fridge 1",
+        "look",
+    ]
+    assert tour_from_here(at_cabinet_2, receptacles) == [
+        "examine cabinet 2", "go to desk 1", "go to fridge 1", "go to cabinet 1", "go to cabinet 10", "look",
+    ]  # fmt: skip
+    at_fridge = ["go to cabinet 1", "go to cabinet 10", "go to cabinet 2", "go to desk 1", "inventory"]
+    assert tour_from_here(at_fridge, receptacles) == at_fridge  # the last one: the tour is the sorted list
+    in_the_middle = ["go to " + name for name in receptacles]
+    assert tour_from_here(in_the_middle, receptacles) == in_the_middle  # nowhere yet: nothing to start after
+
+
+@pytest.mark.parametrize("game_index", [0, 5])
+def test_a_game_lists_the_same_actions_in_either_go_to_order(monkeypatch, game_index):
+    """`from_here` reorders the `go to` block of the engine's list and changes nothing else."""
+    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
+    game = discover_games(MINI_DATA, "train")[game_index]
+    games = [AlfWorldGame(str(game.path), go_to_order=order) for order in ("sorted", "from_here")]
+    states = [env.reset() for env in games]
+    assert states[0].admissible == states[1].admissible  # at the start the agent stands at no receptacle
+    for action in game.walkthrough[:-1]:
+        states = [env.step(action) for env in games]
+        engine, tour = (state.admissible for state in states)
+        assert sorted(engine) == sorted(tour) and states[0].observation == states[1].observation
+        assert [c for c in engine if not c.startswith("go to")] == [c for c in tour if not c.startswith("go to")]
+        if action.startswith("go to "):
+            here, targets = (
+                action.removeprefix("go to "),
+                [c.removeprefix("go to ") for c in tour if c.startswith("go to")],
+            )
+            after = [name for name in targets if name > here]
+            assert targets == after + [name for name in targets if name < here]
+    for env in games:
+        env.close()
+
+
+def test_an_unknown_go_to_order_is_refused(monkeypatch):
+    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
+    with pytest.raises(ValueError, match="go_to_order must be one of sorted, from_here"):
+        AlfWorldGame(str(discover_games(MINI_DATA, "train")[0].path), go_to_order="random")
 
 
 def test_a_broken_game_fails_its_episode_only(tmp_path):
@@ -140,7 +189,7 @@ def test_the_searching_expert_wins_from_any_state_with_admissible_actions_only(m
     """Two random detours first (the states a student strays into), then the searcher alone wins."""
     monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
     game = discover_games(MINI_DATA, "train")[game_index]
-    env = AlfWorldGame(str(game.path), expert="search")
+    env = AlfWorldGame(str(game.path), expert="search", go_to_order=("sorted", "from_here")[game_index % 2])
     state = env.reset()
     rng = random.Random(game_index)
     for _ in range(2):

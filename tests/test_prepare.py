@@ -1,5 +1,6 @@
 """`prepare`: the ALFWorld data sources, what is said when none is given, and idempotent model builds."""
 
+import json
 import math
 import tarfile
 
@@ -122,7 +123,15 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     assert warm_start_models(config) == records  # recorded: nothing is trained again
     assert (models["teacher"] / "model.safetensors").stat().st_mtime_ns == stamp
     assert (models["teacher"] / SFT_RECORD).is_file()
-    assert teacher["prompt"] == {"history": config.env.history, "max_steps": config.env.max_steps, "think": False}
+    prompt = {"history": config.env.history, "max_steps": config.env.max_steps, "think": False}
+    assert teacher["prompt"] == {**prompt, "go_to_order": "sorted"}
     other_prompts = make_config(*config_overrides, f"env.history={config.env.history + 1}")
     with pytest.raises(UserError, match=rf"warm-started on prompts with env.history={config.env.history}, not"):
         warm_start_models(other_prompts)  # kept silently, it would play prompts it never saw
+    with pytest.raises(UserError, match=r"warm-started on prompts with env.go_to_order=sorted, not"):
+        warm_start_models(make_config(*config_overrides, "env.go_to_order=from_here"))
+    for record_path in (models[name] / SFT_RECORD for name in ("teacher", "student")):  # as written before the order
+        record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "prompt": prompt}))
+    assert warm_start_models(config)["teacher"]["prompt"] == prompt  # taken as the sorted order it was made with
+    with pytest.raises(UserError, match=r"warm-started on prompts with env.go_to_order=sorted, not"):
+        warm_start_models(make_config(*config_overrides, "env.go_to_order=from_here"))

@@ -8,15 +8,25 @@ With `expert=` set, every reset and step also names an expert action from *any* 
 states of the stored walkthrough, which is what a DAgger-style expert needs: `planner` runs the Fast
 Downward planner (textworld's `policy_commands`, ~50 ms a step on the mini games; it knows where every
 object is), `search` asks the memoryless searcher of `search_expert` (it acts on what the agent can know).
+
+`go_to_order` decides how the `go to` actions are listed. The engine sorts them by name (`sorted`).
+`from_here` starts the list at the receptacle after the one the agent stands at, in that sorted order,
+and wraps around, so the list is the rest of a tour of the room from here. Why: an agent that sees
+only the current turn can then sweep a room by taking the first `go to` that suits it, where the
+sorted list would make it find the gap left by its own receptacle and the name after it (with
+"Nothing happens." on screen, nothing else says where it stands). Measured on the mini benchmark's
+unseen rooms: README.md, the mini benchmark.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config import GO_TO_ORDERS
 from pipeline.envs.search_expert import SearchTask, WorldState, search_action
 
 EXPERTS = ("planner", "search")
+GO_TO = "go to "
 BANNER = "-= Welcome to TextWorld, ALFRED! =-"
 HIDDEN_COMMANDS = frozenset({"help"})
 
@@ -52,12 +62,14 @@ def split_task(text: str) -> tuple[str, str]:
 class AlfWorldGame:
     """A single game in the real engine. Not thread-safe; lives inside one worker process."""
 
-    def __init__(self, gamefile: str, expert: str | None = None) -> None:
+    def __init__(self, gamefile: str, expert: str | None = None, go_to_order: str = "sorted") -> None:
         import textworld
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
         if expert not in (None, *EXPERTS):
             raise ValueError(f"expert must be one of {', '.join(EXPERTS)} or None, not {expert!r}")
+        if go_to_order not in GO_TO_ORDERS:
+            raise ValueError(f"go_to_order must be one of {', '.join(GO_TO_ORDERS)}, not {go_to_order!r}")
         infos = textworld.EnvInfos(
             won=True,
             admissible_commands=True,
@@ -68,9 +80,14 @@ class AlfWorldGame:
         self._env = textworld.start(gamefile, request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
         self._expert = expert
         self._task = SearchTask.of_game(gamefile) if expert == "search" else None
+        self._go_to_order = go_to_order
+        self._receptacles: list[str] = []  # every `go to` target, from the reset (the agent stands at none)
 
     def reset(self) -> EnvStep:
         state = self._env.reset()
+        self._receptacles = sorted(
+            cmd.removeprefix(GO_TO) for cmd in state["admissible_commands"] if cmd.startswith(GO_TO)
+        )
         observation, task = split_task(state["feedback"])
         expert_action = self._next_command(state)
         return EnvStep(observation, self._admissible(state), bool(state["won"]), False, task, expert_action)
@@ -93,6 +110,20 @@ class AlfWorldGame:
     def close(self) -> None:
         self._env.close()
 
-    @staticmethod
-    def _admissible(state) -> list[str]:
-        return [cmd for cmd in state["admissible_commands"] if cmd not in HIDDEN_COMMANDS]
+    def _admissible(self, state) -> list[str]:
+        commands = [cmd for cmd in state["admissible_commands"] if cmd not in HIDDEN_COMMANDS]
+        return tour_from_here(commands, self._receptacles) if self._go_to_order == "from_here" else commands
+
+
+def tour_from_here(commands: list[str], receptacles: list[str]) -> list[str]:
+    """`commands` with their `go to` block reordered to start after the receptacle the agent stands at
+    (the one of `receptacles`, sorted, that no `go to` names) and wrap around; unchanged where the agent
+    stands at none. Every other command keeps its place."""
+    targets = {cmd.removeprefix(GO_TO) for cmd in commands if cmd.startswith(GO_TO)}
+    missing = [name for name in receptacles if name not in targets]
+    if len(missing) != 1:
+        return commands
+    here = missing[0]
+    tour = [name for name in receptacles if name > here] + [name for name in receptacles if name < here]
+    block = iter(GO_TO + name for name in tour if name in targets)
+    return [next(block) if cmd.startswith(GO_TO) else cmd for cmd in commands]

@@ -10,12 +10,15 @@ from the `go to` actions; what it holds appears in `move`/`examine` actions). So
 state a student reaches (DAgger), and its labels are ones a model can learn to predict:
 - holding the task's object: transform it at the device if the task asks and it is not done yet,
   then bring it to the first receptacle of the parent class (opening it if closed); for
-  look_at_obj_in_light, go to the lamp and use it;
+  look_at_obj_in_light, use the lamp if it stands here, else go to the next receptacle a lamp can
+  stand on (the lamp's place is not on screen once the agent has left it, so it is searched for too);
 - holding something else: put it back where the agent stands;
 - otherwise: take a task object lying in the open receptacle in front of the agent (not one already
   in place), open that receptacle if closed and it could hold one, else go to the next receptacle,
   in the order of the `go to` list, that can hold the object (ALFRED's receptacle table).
 Sweeping the receptacles in a fixed cyclic order needs no memory and finds the object in one sweep.
+"Next" is by name after the receptacle the agent stands at, wrapping around: with the environment's
+`go_to_order: from_here` it is the first suitable `go to` of the list on screen.
 """
 
 from __future__ import annotations
@@ -58,6 +61,14 @@ class SearchTask:
         return cls(task_type, pddl["object_target"].lower(), parent.lower())
 
 
+@functools.cache
+def _lamp_hosts() -> frozenset[str]:
+    """Receptacle classes (lower case) a desk lamp may stand on."""
+    from pipeline.envs.minigen import LAMP_HOSTS
+
+    return frozenset(host.lower() for host in LAMP_HOSTS)
+
+
 def kind(name: str) -> str:
     """Class of an engine name: "countertop 2" -> "countertop"."""
     return name.rsplit(" ", 1)[0]
@@ -82,10 +93,6 @@ class WorldState:
     def inside(self, receptacle: str) -> list[str]:
         return sorted(args[0] for args in self.pairs.get("inreceptacle", []) if args[1] == receptacle)
 
-    def holder_of(self, obj: str) -> str | None:
-        holders = [args[1] for args in self.pairs.get("inreceptacle", []) if args[0] == obj]
-        return holders[0] if holders else None
-
     def is_closed(self, receptacle: str) -> bool:
         return receptacle in self.unary("openable") and receptacle not in self.unary("opened")
 
@@ -102,8 +109,13 @@ def search_action(task: SearchTask, state: WorldState) -> str:
     candidates = [r for r in state.receptacles if task.obj in _holders().get(kind(r), ()) and kind(r) != task.parent]
     if here is not None and here in candidates and state.is_closed(here):
         return f"open {here}"
-    later = [r for r in candidates if here is None or r > here]
-    return f"go to {(later or candidates)[0]}"
+    return f"go to {_next_after(here, candidates)}"
+
+
+def _next_after(here: str | None, names: list[str]) -> str:
+    """The first of `names` (sorted) after `here`, wrapping around: one step of a memoryless sweep."""
+    later = [name for name in names if here is None or name > here]
+    return (later or names)[0]
 
 
 def _deliver(task: SearchTask, state: WorldState, held: str) -> str:
@@ -112,9 +124,11 @@ def _deliver(task: SearchTask, state: WorldState, held: str) -> str:
     if kind(held) != task.obj:
         return f"move {held} to {here}" if here is not None else f"go to {state.receptacles[0]}"
     if task.task_type == LOOK:
-        lamps = sorted(o for o in state.unary("objecttype") if kind(o) == task.parent)
-        lamp_at = state.holder_of(lamps[0])
-        return f"go to {lamp_at}" if here != lamp_at else f"use {lamps[0]}"
+        lamps_here = [o for o in state.inside(here) if kind(o) == task.parent] if here is not None else []
+        if lamps_here:
+            return f"use {lamps_here[0]}"
+        hosts = [r for r in state.receptacles if kind(r) in _lamp_hosts()] or state.receptacles
+        return f"go to {_next_after(here, hosts)}"
     if task.task_type in TRANSFORM_VERBS:
         verb, device_kind, done = TRANSFORM_VERBS[task.task_type]
         if held not in state.unary(done):

@@ -207,8 +207,8 @@ def plan_sweep(
             load_config(path, [*overrides, f"run={group_name(Path(path), base)}-s{seed}", f"seed={seed}"], base),
             base,
         )
+        for seed in seed_list  # seed by seed: a sweep stopped midway leaves its groups within one seed of each other
         for path in configs
-        for seed in seed_list
     )
     return SweepPlan(grid, rounds, jobs, threads, tuple(overrides), teacher, baseline)
 

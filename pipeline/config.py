@@ -24,8 +24,8 @@ from pipeline.errors import UserError
 SPLITS = ("train", "valid_seen", "valid_unseen", "valid_train")
 POLICY_NAMES = ("student", "teacher", "expert")
 DATA_SOURCES = ("mini", "bench", "alfworld")
-DAGGER_EXPERTS = ("planner", "search")
-GO_TO_ORDERS = ("sorted", "from_here")  # how the environment lists `go to` actions (pipeline.envs.alfworld_env)
+DAGGER_EXPERTS = ("planner", "search", "sweep")
+GO_TO_ORDERS = ("sorted", "from_here", "next_last")  # how the environment lists `go to` actions (pipeline.envs.alfworld_env)
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -78,7 +78,8 @@ class EnvConfig:
     go_to_order: str = _help(
         "How the `go to` actions are listed: `sorted` (the engine's order, by name) or `from_here` (the "
         "rest of a tour of the room, starting after where the agent stands: a memoryless agent sweeps a "
-        "room by taking the first suitable one).",
+        "room by taking the first suitable one) or `next_last` (that tour backwards, as the last actions of "
+        "the list: the next receptacle is the last action on screen, which a tiny model copies far more easily).",
         default="sorted",
     )
     num_workers: int = _help("Environment worker processes; resets and steps run in them, in parallel.", default=2)
@@ -344,7 +345,9 @@ class PrepareConfig:
     dagger_epsilon: float = _help("Chance of a detour at each DAgger step.", default=0.3)
     dagger_expert: str = _help(
         "Who labels the DAgger states: `planner` (Fast Downward: it knows where every object is) or `search` "
-        "(a memoryless searcher acting on what the prompt shows, so its labels transfer to unseen rooms).",
+        "(a memoryless searcher acting on what the prompt shows, so its labels transfer to unseen rooms) or "
+        "`sweep` (the searcher visiting every receptacle, not only those that can hold the object: longer walks, "
+        "simpler choices).",
         default="planner",
     )
     walkthroughs: bool = _help(

@@ -168,13 +168,13 @@ def test_a_config_without_a_file_can_still_take_a_base():
 def test_the_new_prepare_settings_are_checked():
     with pytest.raises(UserError, match="teacher_shape must read <hidden size>x<layers>"):
         load_config(None, ["prepare.teacher_shape=128-4"])
-    with pytest.raises(UserError, match="dagger_expert must be one of planner, search"):
+    with pytest.raises(UserError, match="dagger_expert must be one of planner, search, sweep, not 'oracle'"):
         load_config(None, ["prepare.dagger_expert=oracle"])
     with pytest.raises(UserError, match="unknown split 'test' in tokenizer_splits"):
         load_config(None, ["prepare.tokenizer_splits=[train, test]"])
     with pytest.raises(UserError, match="source must be one of mini, bench, alfworld"):
         load_config(None, ["data.source=real"])
-    with pytest.raises(UserError, match="go_to_order must be one of sorted, from_here, not 'shuffled'"):
+    with pytest.raises(UserError, match="go_to_order must be one of sorted, from_here, next_last, not 'shuffled'"):
         load_config(None, ["env.go_to_order=shuffled"])
 
 

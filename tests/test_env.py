@@ -7,9 +7,10 @@ import signal
 import pytest
 
 from pipeline.backends.hf import load_tokenizer
-from pipeline.envs.alfworld_env import AlfWorldGame, EnvFailure, EnvStep, split_task, tour_from_here
+from pipeline.envs.alfworld_env import AlfWorldGame, EnvFailure, EnvStep, next_last, split_task, tour_from_here
 from pipeline.envs.games import MINI_DATA, MINI_SPLITS, TASK_TYPES, discover_games, select_games
 from pipeline.envs.prompts import PromptRenderer
+from pipeline.envs.search_expert import SearchTask, kind
 from pipeline.envs.workers import EnvPool
 from pipeline.episodes import EpisodeRunner, EpisodeSpec
 from pipeline.policies import ExpertPolicy
@@ -58,19 +59,26 @@ def test_the_go_to_tour_starts_after_where_the_agent_stands_and_wraps_around():
     assert tour_from_here(at_fridge, receptacles) == at_fridge  # the last one: the tour is the sorted list
     in_the_middle = ["go to " + name for name in receptacles]
     assert tour_from_here(in_the_middle, receptacles) == in_the_middle  # nowhere yet: nothing to start after
+    assert next_last(at_cabinet_2, receptacles) == [
+        "examine cabinet 2", "look", "go to cabinet 10", "go to cabinet 1", "go to fridge 1", "go to desk 1",
+    ]  # fmt: skip
+    assert next_last(in_the_middle, receptacles) == in_the_middle[::-1]
 
 
 @pytest.mark.parametrize("game_index", [0, 5])
 def test_a_game_lists_the_same_actions_in_either_go_to_order(monkeypatch, game_index):
-    """`from_here` reorders the `go to` block of the engine's list and changes nothing else."""
+    """`from_here` reorders the `go to` block of the engine's list and changes nothing else; `next_last` lists
+    that tour backwards after the other actions."""
     monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
     game = discover_games(MINI_DATA, "train")[game_index]
-    games = [AlfWorldGame(str(game.path), go_to_order=order) for order in ("sorted", "from_here")]
+    games = [AlfWorldGame(str(game.path), go_to_order=order) for order in ("sorted", "from_here", "next_last")]
     states = [env.reset() for env in games]
     assert states[0].admissible == states[1].admissible  # at the start the agent stands at no receptacle
     for action in game.walkthrough[:-1]:
         states = [env.step(action) for env in games]
-        engine, tour = (state.admissible for state in states)
+        engine, tour, backwards = (state.admissible for state in states)
+        go_tos = [c for c in tour if c.startswith("go to")]
+        assert backwards == [c for c in tour if not c.startswith("go to")] + go_tos[::-1]
         assert sorted(engine) == sorted(tour) and states[0].observation == states[1].observation
         assert [c for c in engine if not c.startswith("go to")] == [c for c in tour if not c.startswith("go to")]
         if action.startswith("go to "):
@@ -189,7 +197,8 @@ def test_the_searching_expert_wins_from_any_state_with_admissible_actions_only(m
     """Two random detours first (the states a student strays into), then the searcher alone wins."""
     monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
     game = discover_games(MINI_DATA, "train")[game_index]
-    env = AlfWorldGame(str(game.path), expert="search", go_to_order=("sorted", "from_here")[game_index % 2])
+    expert, order = ("search", "sweep")[game_index // 2 % 2], ("sorted", "from_here", "next_last")[game_index % 3]
+    env = AlfWorldGame(str(game.path), expert=expert, go_to_order=order)
     state = env.reset()
     rng = random.Random(game_index)
     for _ in range(2):
@@ -203,13 +212,37 @@ def test_the_searching_expert_wins_from_any_state_with_admissible_actions_only(m
     env.close()
 
 
+@pytest.mark.parametrize("game_index", range(0, 12, 3))
+def test_the_sweeping_expert_searches_the_next_receptacle_of_the_tour_that_is_not_the_parent(monkeypatch, game_index):
+    """Until it holds something, the sweep's `go to` is the first of the tour that is not of the task's parent
+    class (first on screen with `from_here`, last with `next_last`), and it opens every closed receptacle it
+    stands at: no receptacle table to learn."""
+    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
+    game = discover_games(MINI_DATA, "train")[game_index]
+    parent = SearchTask.of_game(game.path).parent
+    order = ("from_here", "next_last")[game_index % 2]
+    env = AlfWorldGame(str(game.path), expert="sweep", go_to_order=order)
+    state, searched = env.reset(), 0
+    while not state.expert_action.startswith("take"):
+        go_tos = [a for a in state.admissible if a.startswith("go to ")]
+        go_tos = go_tos if order == "from_here" else go_tos[::-1]
+        if "is closed" in state.observation:
+            assert state.expert_action.startswith("open ")
+        else:
+            assert state.expert_action == next(a for a in go_tos if kind(a.removeprefix("go to ")) != parent)
+            searched += 1
+        state = env.step(state.expert_action)
+    assert searched >= 1
+    env.close()
+
+
 def test_an_unknown_env_expert_is_refused(monkeypatch):
     monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
     with pytest.raises(ValueError, match="expert must be one of planner, search"):
         AlfWorldGame(str(discover_games(MINI_DATA, "train")[0].path), expert="oracle")
 
 
-@pytest.mark.parametrize("expert", ["planner", "search"])
+@pytest.mark.parametrize("expert", ["planner", "search", "sweep"])
 def test_the_noisy_expert_records_the_expert_action_of_every_state_it_visits(tiny_models, expert):
     from pipeline.episodes import play_games
     from pipeline.policies import NoisyExpertPolicy

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pipeline.config import GO_TO_ORDERS
 from pipeline.envs.search_expert import SearchTask, WorldState, search_action
 
-EXPERTS = ("planner", "search")
+EXPERTS = ("planner", "search", "sweep")
+SEARCHERS = ("search", "sweep")  # the experts that act on the state's facts (pipeline/envs/search_expert.py)
 GO_TO = "go to "
 BANNER = "-= Welcome to TextWorld, ALFRED! =-"
 HIDDEN_COMMANDS = frozenset({"help"})
@@ -75,11 +76,11 @@ class AlfWorldGame:
             admissible_commands=True,
             extras=["gamefile"],
             policy_commands=expert == "planner",
-            facts=expert == "search",
+            facts=expert in SEARCHERS,
         )
         self._env = textworld.start(gamefile, request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
         self._expert = expert
-        self._task = SearchTask.of_game(gamefile) if expert == "search" else None
+        self._task = SearchTask.of_game(gamefile) if expert in SEARCHERS else None
         self._go_to_order = go_to_order
         self._receptacles: list[str] = []  # every `go to` target, from the reset (the agent stands at none)
 
@@ -102,8 +103,8 @@ class AlfWorldGame:
         """The expert's action from this state (None without an expert, or once the game is won)."""
         if self._expert is None or state["won"]:
             return None
-        if self._expert == "search":
-            return search_action(self._task, WorldState(state["facts"]))
+        if self._expert in SEARCHERS:
+            return search_action(self._task, WorldState(state["facts"]), every=self._expert == "sweep")
         commands = state["policy_commands"]
         return commands[0] if commands else None
 
@@ -112,7 +113,11 @@ class AlfWorldGame:
 
     def _admissible(self, state) -> list[str]:
         commands = [cmd for cmd in state["admissible_commands"] if cmd not in HIDDEN_COMMANDS]
-        return tour_from_here(commands, self._receptacles) if self._go_to_order == "from_here" else commands
+        if self._go_to_order == "from_here":
+            return tour_from_here(commands, self._receptacles)
+        if self._go_to_order == "next_last":
+            return next_last(commands, self._receptacles)
+        return commands
 
 
 def tour_from_here(commands: list[str], receptacles: list[str]) -> list[str]:
@@ -127,3 +132,17 @@ def tour_from_here(commands: list[str], receptacles: list[str]) -> list[str]:
     tour = [name for name in receptacles if name > here] + [name for name in receptacles if name < here]
     block = iter(GO_TO + name for name in tour if name in targets)
     return [next(block) if cmd.startswith(GO_TO) else cmd for cmd in commands]
+
+
+def next_last(commands: list[str], receptacles: list[str]) -> list[str]:
+    """The tour of `tour_from_here`, backwards, as the last block of `commands`: the next receptacle of the
+    tour is the last action on screen, right before the question.
+
+    Why: a tiny model trained from scratch does not learn to find the first `go to` of a list at a
+    varying distance from its answer (it names a receptacle typical of the room instead); one a fixed
+    few tokens back it copies. Probed on the mini benchmark (README; one run each, 1,080 steps on the same
+    8,640 sweep-labelled states): the tiny teacher's next action on valid_unseen states went from 45% to
+    58% with the states' prompts relisted this way."""
+    toured = tour_from_here(commands, receptacles)
+    go_tos = [cmd for cmd in toured if cmd.startswith(GO_TO)]
+    return [cmd for cmd in toured if not cmd.startswith(GO_TO)] + go_tos[::-1]

@@ -19,6 +19,13 @@ state a student reaches (DAgger), and its labels are ones a model can learn to p
 Sweeping the receptacles in a fixed cyclic order needs no memory and finds the object in one sweep.
 "Next" is by name after the receptacle the agent stands at, wrapping around: with the environment's
 `go_to_order: from_here` it is the first suitable `go to` of the list on screen.
+
+The `sweep` variant (`every=True`) searches every receptacle but the task's parent class, and opens
+every closed one it searches, instead of only those ALFRED's table lets hold the object. Its walks are
+longer (mean 11.1 steps against 8.9 on the mini benchmark's training games), and its search needs no
+table: the `go to` is the first one on screen (with `from_here`) that is not of the parent class. It
+separates the two things a model must learn, the table and copying a name from the list; on the mini
+benchmark the tiny teacher fails at the copying either way (README).
 """
 
 from __future__ import annotations
@@ -97,16 +104,21 @@ class WorldState:
         return receptacle in self.unary("openable") and receptacle not in self.unary("opened")
 
 
-def search_action(task: SearchTask, state: WorldState) -> str:
-    """The expert's next command from `state` (see the module docstring for the rules)."""
+def search_action(task: SearchTask, state: WorldState, every: bool = False) -> str:
+    """The expert's next command from `state` (see the module docstring for the rules); `every` sweeps
+    every receptacle, not only those that can hold the object."""
     if state.held:
-        return _deliver(task, state, state.held[0])
+        return _deliver(task, state, state.held[0], every)
     here = state.here
     if here is not None and not state.is_closed(here) and kind(here) != task.parent:
         found = [o for o in state.inside(here) if kind(o) == task.obj]
         if found:
             return f"take {found[0]} from {here}"
-    candidates = [r for r in state.receptacles if task.obj in _holders().get(kind(r), ()) and kind(r) != task.parent]
+    candidates = [
+        r
+        for r in state.receptacles
+        if kind(r) != task.parent and (every or task.obj in _holders().get(kind(r), ()))
+    ]
     if here is not None and here in candidates and state.is_closed(here):
         return f"open {here}"
     return f"go to {_next_after(here, candidates)}"
@@ -118,7 +130,7 @@ def _next_after(here: str | None, names: list[str]) -> str:
     return (later or names)[0]
 
 
-def _deliver(task: SearchTask, state: WorldState, held: str) -> str:
+def _deliver(task: SearchTask, state: WorldState, held: str, every: bool) -> str:
     """What to do while holding `held`."""
     here = state.here
     if kind(held) != task.obj:
@@ -127,7 +139,7 @@ def _deliver(task: SearchTask, state: WorldState, held: str) -> str:
         lamps_here = [o for o in state.inside(here) if kind(o) == task.parent] if here is not None else []
         if lamps_here:
             return f"use {lamps_here[0]}"
-        hosts = [r for r in state.receptacles if kind(r) in _lamp_hosts()] or state.receptacles
+        hosts = [r for r in state.receptacles if every or kind(r) in _lamp_hosts()] or state.receptacles
         return f"go to {_next_after(here, hosts)}"
     if task.task_type in TRANSFORM_VERBS:
         verb, device_kind, done = TRANSFORM_VERBS[task.task_type]

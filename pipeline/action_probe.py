@@ -28,7 +28,9 @@ def action_verb(tokenizer, response_ids: list[int]) -> str:
     return action.split(" ", 1)[0] if action else ""
 
 
-def greedy_matches(model, rows: list[tuple[list[int], list[int]]], pad_token_id: int, batch_size: int = 32) -> list[bool]:
+def greedy_matches(
+    model, rows: list[tuple[list[int], list[int]]], pad_token_id: int, batch_size: int = 32
+) -> list[bool]:
     """For each (prompt ids, response ids): would greedy decoding produce exactly that response?"""
     import torch  # here, so that the CLI can read ALL without loading torch
 

@@ -25,7 +25,8 @@ SPLITS = ("train", "valid_seen", "valid_unseen", "valid_train")
 POLICY_NAMES = ("student", "teacher", "expert")
 DATA_SOURCES = ("mini", "bench", "alfworld")
 DAGGER_EXPERTS = ("planner", "search", "sweep")
-GO_TO_ORDERS = ("sorted", "from_here", "next_last")  # how the environment lists `go to` actions (pipeline.envs.alfworld_env)
+# How the environment lists the admissible actions, `go to` first of all (pipeline.envs.alfworld_env).
+GO_TO_ORDERS = ("sorted", "from_here", "next_last", "task_last")
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -76,10 +77,12 @@ class EnvConfig:
     history: int = _help("How many recent (observation, action) pairs the prompt shows.", default=2)
     think: bool = _help("Ask for reasoning in <think>…</think> before <action>…</action>.", default=False)
     go_to_order: str = _help(
-        "How the `go to` actions are listed: `sorted` (the engine's order, by name) or `from_here` (the "
+        "How the `go to` actions are listed: `sorted` (the engine's order, by name), `from_here` (the "
         "rest of a tour of the room, starting after where the agent stands: a memoryless agent sweeps a "
-        "room by taking the first suitable one) or `next_last` (that tour backwards, as the last actions of "
-        "the list: the next receptacle is the last action on screen, which a tiny model copies far more easily).",
+        "room by taking the first suitable one), `next_last` (that tour backwards, as the last actions of "
+        "the list: the next receptacle is the last action on screen, which a tiny model copies far more easily) "
+        "or `task_last` (`next_last`, then the actions naming an object or receptacle of the task sentence: a "
+        "take, move, heat or use that the task needs is at the very end).",
         default="sorted",
     )
     num_workers: int = _help("Environment worker processes; resets and steps run in them, in parallel.", default=2)
@@ -111,6 +114,12 @@ class SamplingConfig:
     top_p: float = _help("Nucleus sampling mass (1.0 = off).", default=1.0)
     max_new_tokens: int = _help("Longest response, in tokens.", default=64)
     batch_size: int = _help("Episodes played at once: one batched generate call covers all of them.", default=16)
+    admissible_only: bool = _help(
+        "Decode only responses naming an admissible action (rollout and eval): at each token the model's "
+        "distribution is renormalized over the tokens that continue one, so it chooses among the game's actions "
+        "instead of spelling one freely (hf backend, without `env.think`).",
+        default=False,
+    )
     device: str = _help("`auto` (CUDA when present, else CPU), `cpu` or `cuda`.", default="auto")
     dtype: str = _help("`auto` (bf16 on GPU, fp32 on CPU), `float32` or `bfloat16`.", default="auto")
     gpu_memory_utilization: float = _help(
@@ -335,6 +344,13 @@ class PrepareConfig:
         "state labelled with the planner's action (DAgger), so the teacher can advise off the expert path.",
         default=0,
     )
+    teacher_dagger_iterations: int = _help(
+        "DAgger iterations after the teacher's first SFT: each time the teacher plays one episode per rollout "
+        "game at the eval temperature, every state it reaches is labelled with `dagger_expert`'s action, and it "
+        "trains `teacher_iteration_epochs` more on all rows so far (the states its own mistakes lead to).",
+        default=0,
+    )
+    teacher_iteration_epochs: float = _help("SFT epochs over all rows after each DAgger iteration.", default=1.0)
     student_sft_epochs: float = _help("SFT epochs of the student (a brief warm start).", default=0.0)
     student_sft_learning_rate: float = _help("Student warm-start learning rate.", default=1e-3)
     student_dagger_samples: int = _help(
@@ -344,7 +360,7 @@ class PrepareConfig:
     )
     dagger_epsilon: float = _help("Chance of a detour at each DAgger step.", default=0.3)
     dagger_expert: str = _help(
-        "Who labels the DAgger states: `planner` (Fast Downward: it knows where every object is) or `search` "
+        "Who labels the DAgger states: `planner` (Fast Downward: it knows where every object is), `search` "
         "(a memoryless searcher acting on what the prompt shows, so its labels transfer to unseen rooms) or "
         "`sweep` (the searcher visiting every receptacle, not only those that can hold the object: longer walks, "
         "simpler choices).",
@@ -370,7 +386,11 @@ class PrepareConfig:
             "SFT learning rates must be positive.",
         )
         _check(self.sft_batch_size >= 1, f"sft_batch_size must be at least 1, not {self.sft_batch_size}.")
-        for name in ("teacher_dagger_samples", "student_dagger_samples"):
+        _check(
+            self.teacher_iteration_epochs > 0,
+            f"teacher_iteration_epochs must be positive, not {self.teacher_iteration_epochs}.",
+        )
+        for name in ("teacher_dagger_samples", "student_dagger_samples", "teacher_dagger_iterations"):
             _check(getattr(self, name) >= 0, f"{name} must be 0 or more, not {getattr(self, name)}.")
         _check(0 <= self.dagger_epsilon <= 1, f"dagger_epsilon must be in [0, 1], not {self.dagger_epsilon}.")
         _check(
@@ -419,6 +439,9 @@ class Config:
             bool(self.run) and "/" not in self.run and not self.run.startswith("."),
             f"run must be a plain folder name, not {self.run!r}.",
         )
+        if self.sampling.admissible_only:
+            _check(self.sampling.backend == "hf", "sampling.admissible_only needs sampling.backend: hf.")
+            _check(not self.env.think, "sampling.admissible_only constrains the whole response: set env.think: false.")
 
 
 # ----------------------------------------------------------------------------------------- loading

@@ -70,6 +70,13 @@ def answer(tokenizer, action: str, reasoning: str | None) -> Generation:
     return Generation(ids=ids, text=text, logprobs=[0.0] * len(ids))
 
 
+def expert_answer(tokenizer, request: TurnRequest, reasoning: str | None) -> Generation:
+    """The response naming the env expert's action at this state (what DAgger labels it with)."""
+    if request.expert_action is None:
+        raise ValueError("DAgger labels need the env expert's action: play with an env that runs one")
+    return answer(tokenizer, request.expert_action, reasoning)
+
+
 class NoisyExpertPolicy:
     """Follows the env's expert from any state, with a random detour at each turn with probability `epsilon`.
 
@@ -97,9 +104,7 @@ class NoisyExpertPolicy:
         rng = random.Random(seed)
         responses = []
         for request in requests:
-            if request.expert_action is None:
-                raise ValueError("NoisyExpertPolicy needs the env expert's action: play with an env that runs one")
-            expert = answer(self.tokenizer, request.expert_action, self.reasoning)
+            expert = expert_answer(self.tokenizer, request, self.reasoning)
             self.demonstrations.append((list(request.prompt_ids), expert))
             detour = rng.random() < self.epsilon
             responses.append(answer(self.tokenizer, self._detour(request, rng), self.reasoning) if detour else expert)
@@ -111,6 +116,28 @@ class NoisyExpertPolicy:
         if ahead and (rng.random() < 0.5 or not request.admissible):
             return rng.choice(ahead)
         return rng.choice(request.admissible) if request.admissible else "look"
+
+
+class ExpertLabelledPolicy:
+    """Plays another policy and records, at every state it reaches, the env expert's action there.
+
+    DAgger proper: the noisy expert's detours are random, so the states a model's own mistakes lead
+    to (holding the wrong object, walking in a loop) are rare in its data; playing the model and
+    labelling where it goes adds exactly those. `demonstrations` has the shape of NoisyExpertPolicy's.
+    """
+
+    def __init__(self, inner: Policy, tokenizer, think: bool) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.tokenizer = tokenizer
+        self.reasoning = "" if think else None
+        self.demonstrations: list[tuple[list[int], Generation]] = []
+
+    def act(self, requests: list[TurnRequest], seed: int) -> list[Generation]:
+        for request in requests:
+            label = expert_answer(self.tokenizer, request, self.reasoning)
+            self.demonstrations.append((list(request.prompt_ids), label))
+        return self.inner.act(requests, seed)
 
 
 class LMPolicy:
@@ -129,4 +156,9 @@ class LMPolicy:
             top_p=self.sampling.top_p,
             max_new_tokens=self.sampling.max_new_tokens,
             seed=seed,
+            allowed=[self._responses(request) for request in requests] if self.sampling.admissible_only else None,
         )
+
+    def _responses(self, request: TurnRequest) -> list[list[int]]:
+        """The token ids of a response naming each admissible action, as an expert would write it."""
+        return [answer(self.generator.tokenizer, action, None).ids for action in request.admissible]

@@ -34,11 +34,11 @@ from pipeline.backends.hf import HFGenerator, load_tokenizer
 from pipeline.config import Config, TrainConfig
 from pipeline.envs.games import select_games
 from pipeline.envs.prompts import PromptRenderer
-from pipeline.errors import UserError
 from pipeline.episodes import EpisodeSpec, play_games
+from pipeline.errors import UserError
 from pipeline.evaluation import turn_rows
 from pipeline.play import plan_episodes
-from pipeline.policies import ExpertPolicy, LMPolicy, NoisyExpertPolicy, Policy
+from pipeline.policies import ExpertLabelledPolicy, ExpertPolicy, LMPolicy, NoisyExpertPolicy, Policy
 from pipeline.train_data import build_examples
 from pipeline.trainer import train_student
 
@@ -94,10 +94,27 @@ def dagger_rows(
     policy = NoisyExpertPolicy(tokenizer, config.env.think, config.prepare.dagger_epsilon)
     noisy = [EpisodeSpec(spec.game, sample) for spec in specs for sample in range(samples)]
     play(config, policy, tokenizer, noisy, data_root, expert=config.prepare.dagger_expert, progress=progress)
+    return demonstration_rows(policy.demonstrations, "dagger")
+
+
+def demonstration_rows(demonstrations, prefix: str) -> list[dict[str, Any]]:
+    """SFT rows of (prompt ids, expert response) pairs, one episode id each."""
     return [
-        {"episode_id": f"dagger#{index}", "turn": 0, "prompt_ids": prompt, "response_ids": response.ids}
-        for index, (prompt, response) in enumerate(policy.demonstrations)
+        {"episode_id": f"{prefix}#{index}", "turn": 0, "prompt_ids": prompt, "response_ids": response.ids}
+        for index, (prompt, response) in enumerate(demonstrations)
     ]
+
+
+def learner_rows(
+    config: Config, model: str, specs: list[EpisodeSpec], data_root: Path, tokenizer, progress=None
+) -> list[dict[str, Any]]:
+    """(prompt, expert action) rows of the states `model` reaches itself: one episode per game at the eval
+    temperature, each state labelled by `prepare.dagger_expert` (a DAgger iteration)."""
+    temperature = config.eval.temperature if config.eval.temperature is not None else config.sampling.temperature
+    learner = LMPolicy("learner", HFGenerator(load_hf_model(config, model), tokenizer), config.sampling, temperature)
+    policy = ExpertLabelledPolicy(learner, tokenizer, config.env.think)
+    play(config, policy, tokenizer, specs, data_root, expert=config.prepare.dagger_expert, progress=progress)
+    return demonstration_rows(policy.demonstrations, "own")
 
 
 GREEDY_CHECK_GAMES = 24  # a quick look, balanced over task types; eval measures the splits properly
@@ -190,7 +207,7 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
         "student": (settings.student_sft_epochs, settings.student_sft_learning_rate, settings.student_dagger_samples),
     }
     models = {name: getattr(config.models, name) for name in plan}
-    for name, model in models.items():
+    for model in models.values():
         _refuse_other_prompts(config, model, sft_record(model))
     todo = [name for name, (epochs, _, _) in plan.items() if epochs > 0 and sft_record(models[name]) is None]
     if todo:
@@ -208,9 +225,16 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
             extra = dagger[samples]
             tick = time.perf_counter()
             steps = sft_in_place(config, model, rows + extra, epochs, learning_rate)
+            own: list[dict[str, Any]] = []
+            for iteration in range(settings.teacher_dagger_iterations if name == "teacher" else 0):
+                bar = progress_for(f"teacher's own episodes ({iteration + 1})", "episodes") if progress_for else None
+                own += learner_rows(config, model, specs, data_root, tokenizer, bar)
+                more = settings.teacher_iteration_epochs
+                steps += sft_in_place(config, model, rows + extra + own, more, learning_rate)
             record = {
                 "turns": len(rows),
                 "dagger_turns": len(extra),
+                "own_turns": len(own),
                 "epochs": epochs,
                 "learning_rate": learning_rate,
                 "steps": steps,

@@ -12,14 +12,35 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 torch.set_num_interop_threads(1)
 
+import subprocess  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from pipeline.config import Config, load_config  # noqa: E402
+from pipeline.shards import MANIFEST_NAME, read_manifest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+# A few lines in the shape of ALFWorld prompts and responses, to train the tiny tokenizers of model tests on.
+CORPUS = [
+    "You arrive at countertop 1. On the countertop 1, you see a apple 1, a knife 2, and a mug 3.",
+    "<action>go to fridge 1</action>",
+    "<action>move mug 1 to shelf 2</action>",
+    "Your task is to: put a clean mug in coffeemachine.",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def generator():
+    """A tiny untrained model and its tokenizer on CORPUS, behind the hf generator."""
+    from pipeline.backends.hf import HFGenerator
+    from pipeline.tiny_models import STUDENT_SPEC, build_tiny_model, train_tokenizer
+
+    tokenizer = train_tokenizer(CORPUS, vocab_size=400)
+    model = build_tiny_model(tokenizer, STUDENT_SPEC, seed=3)
+    return HFGenerator(model, tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +92,16 @@ def alfworld_data() -> Path:
     if not root or not (Path(root) / "json_2.1.1").is_dir():
         pytest.skip("ALFWORLD_DATA is not set to the full ALFWorld data")
     return Path(root)
+
+
+def wait_until_a_part_is_listed(directory: Path, stage: str, process: subprocess.Popen, seconds: float) -> None:
+    """Block until the stage's manifest lists a part, the process ends, or `seconds` pass.
+
+    Waiting for the part's file is not enough: a signal sent between its rename and the manifest
+    update leaves an unlisted part, which a rerun rightly redoes, so the resume count would differ.
+    """
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        if (directory / MANIFEST_NAME).exists() and read_manifest(directory, stage)["parts"]:
+            return
+        time.sleep(0.05)

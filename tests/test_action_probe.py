@@ -1,6 +1,6 @@
 """The next-action probe: exactly "would greedy decoding answer this response", grouped by verb."""
 
-from test_hf_backend import CORPUS, generator  # noqa: F401 (a fixture: a tiny model and its tokenizer)
+from conftest import CORPUS
 
 from pipeline.action_probe import ALL, accuracy_by_verb, action_verb, greedy_matches
 
@@ -26,6 +26,7 @@ def test_a_greedy_answer_matches_and_any_other_token_does_not(generator):
     off_by_one = [(prompt, response[:-1] + [(response[-1] + 1) % len(tokenizer)]) for prompt, response in rows]
     # prompts of different lengths share a padded batch, or go one at a time: the same answer
     for batch_size in (1, 3):
-        assert greedy_matches(generator.model, rows + off_by_one, tokenizer.pad_token_id, batch_size) == [True] * 3 + [
-            False
-        ] * 3
+        assert (
+            greedy_matches(generator.model, rows + off_by_one, tokenizer.pad_token_id, batch_size)
+            == [True] * 3 + [False] * 3
+        )

@@ -71,6 +71,10 @@ def test_eval_keeps_its_own_defaults_when_partly_overridden():
         (["train.warmup_ratio=-0.1"], "warmup_ratio must be in [0, 1), not -0.1."),
         (["train.max_grad_norm=-1"], "max_grad_norm must be 0 (no clipping) or more, not -1.0."),
         (["train.weight_decay=-5"], "weight_decay must be 0 or more, not -5.0."),
+        (["sampling.admissible_only=true", "env.think=true"], "admissible_only constrains the whole response"),
+        (["prepare.teacher_dagger_iterations=-1"], "teacher_dagger_iterations must be 0 or more, not -1."),
+        (["prepare.teacher_iteration_epochs=0"], "teacher_iteration_epochs must be positive, not 0.0."),
+        (["sampling.admissible_only=true", "sampling.backend=vllm"], "admissible_only needs sampling.backend: hf."),
     ],
 )
 def test_bad_values_are_user_errors(overrides, message, tmp_path):
@@ -174,7 +178,8 @@ def test_the_new_prepare_settings_are_checked():
         load_config(None, ["prepare.tokenizer_splits=[train, test]"])
     with pytest.raises(UserError, match="source must be one of mini, bench, alfworld"):
         load_config(None, ["data.source=real"])
-    with pytest.raises(UserError, match="go_to_order must be one of sorted, from_here, next_last, not 'shuffled'"):
+    orders = "sorted, from_here, next_last, task_last"
+    with pytest.raises(UserError, match=f"go_to_order must be one of {orders}, not 'shuffled'"):
         load_config(None, ["env.go_to_order=shuffled"])
 
 

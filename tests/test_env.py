@@ -7,7 +7,16 @@ import signal
 import pytest
 
 from pipeline.backends.hf import load_tokenizer
-from pipeline.envs.alfworld_env import AlfWorldGame, EnvFailure, EnvStep, next_last, split_task, tour_from_here
+from pipeline.config import GO_TO_ORDERS
+from pipeline.envs.alfworld_env import (
+    AlfWorldGame,
+    EnvFailure,
+    EnvStep,
+    next_last,
+    split_task,
+    task_last,
+    tour_from_here,
+)
 from pipeline.envs.games import MINI_DATA, MINI_SPLITS, TASK_TYPES, discover_games, select_games
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.search_expert import SearchTask, kind
@@ -65,20 +74,50 @@ def test_the_go_to_tour_starts_after_where_the_agent_stands_and_wraps_around():
     assert next_last(in_the_middle, receptacles) == in_the_middle[::-1]
 
 
+def test_task_last_moves_the_commands_naming_a_task_word_after_the_tour():
+    receptacles = ["cabinet 1", "desk 1", "drawer 1", "dresser 1"]
+    at_drawer_1 = [
+        "close drawer 1",
+        "examine drawer 1",
+        "go to cabinet 1",
+        "go to desk 1",
+        "go to dresser 1",
+        "heat mug 1 with microwave 1",  # "heat" is a task word, but only as the verb here
+        "inventory",
+        "take book 1 from drawer 1",
+        "take pen 2 from drawer 1",
+        "take pen 3 from dresser 1",  # the task's receptacle, not its object
+    ]
+    task = frozenset("heat some book and put it on dresser".split())
+    assert task_last(at_drawer_1, receptacles, task) == [
+        "close drawer 1", "examine drawer 1", "heat mug 1 with microwave 1", "inventory", "take pen 2 from drawer 1",
+        "take pen 3 from dresser 1",
+        "go to desk 1", "go to cabinet 1", "go to dresser 1",  # the tour from here backwards; a `go to` stays in it
+        "take book 1 from drawer 1",
+    ]  # fmt: skip
+    assert task_last(at_drawer_1, receptacles, frozenset()) == next_last(at_drawer_1, receptacles)
+
+
 @pytest.mark.parametrize("game_index", [0, 5])
 def test_a_game_lists_the_same_actions_in_either_go_to_order(monkeypatch, game_index):
     """`from_here` reorders the `go to` block of the engine's list and changes nothing else; `next_last` lists
-    that tour backwards after the other actions."""
+    that tour backwards after the other actions; `task_last` then moves the commands naming the task's words."""
     monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
     game = discover_games(MINI_DATA, "train")[game_index]
-    games = [AlfWorldGame(str(game.path), go_to_order=order) for order in ("sorted", "from_here", "next_last")]
+    orders = ("sorted", "from_here", "next_last", "task_last")
+    games = [AlfWorldGame(str(game.path), go_to_order=order) for order in orders]
     states = [env.reset() for env in games]
     assert states[0].admissible == states[1].admissible  # at the start the agent stands at no receptacle
+    words = frozenset(states[0].task.split())
+    receptacles = sorted(c.removeprefix("go to ") for c in states[0].admissible if c.startswith("go to "))
+    moved = 0
     for action in game.walkthrough[:-1]:
         states = [env.step(action) for env in games]
-        engine, tour, backwards = (state.admissible for state in states)
+        engine, tour, backwards, task_at_end = (state.admissible for state in states)
         go_tos = [c for c in tour if c.startswith("go to")]
         assert backwards == [c for c in tour if not c.startswith("go to")] + go_tos[::-1]
+        assert task_at_end == task_last(engine, receptacles, words) and sorted(task_at_end) == sorted(engine)
+        moved += task_at_end != backwards
         assert sorted(engine) == sorted(tour) and states[0].observation == states[1].observation
         assert [c for c in engine if not c.startswith("go to")] == [c for c in tour if not c.startswith("go to")]
         if action.startswith("go to "):
@@ -88,6 +127,7 @@ def test_a_game_lists_the_same_actions_in_either_go_to_order(monkeypatch, game_i
             )
             after = [name for name in targets if name > here]
             assert targets == after + [name for name in targets if name < here]
+    assert moved, "the walkthrough takes the task's object: some state lists a command naming it last"
     for env in games:
         env.close()
 
@@ -197,7 +237,7 @@ def test_the_searching_expert_wins_from_any_state_with_admissible_actions_only(m
     """Two random detours first (the states a student strays into), then the searcher alone wins."""
     monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
     game = discover_games(MINI_DATA, "train")[game_index]
-    expert, order = ("search", "sweep")[game_index // 2 % 2], ("sorted", "from_here", "next_last")[game_index % 3]
+    expert, order = ("search", "sweep")[game_index // 2 % 2], GO_TO_ORDERS[game_index % len(GO_TO_ORDERS)]
     env = AlfWorldGame(str(game.path), expert=expert, go_to_order=order)
     state = env.reset()
     rng = random.Random(game_index)
@@ -222,17 +262,19 @@ def test_the_sweeping_expert_searches_the_next_receptacle_of_the_tour_that_is_no
     parent = SearchTask.of_game(game.path).parent
     order = ("from_here", "next_last")[game_index % 2]
     env = AlfWorldGame(str(game.path), expert="sweep", go_to_order=order)
-    state, searched = env.reset(), 0
-    while not state.expert_action.startswith("take"):
+    state, searched, here = env.reset(), 0, None
+    for _ in range(30):
+        if state.expert_action.startswith("take"):
+            break
         go_tos = [a for a in state.admissible if a.startswith("go to ")]
         go_tos = go_tos if order == "from_here" else go_tos[::-1]
         if "is closed" in state.observation:
-            assert state.expert_action.startswith("open ")
+            assert state.expert_action == f"open {here}"
         else:
             assert state.expert_action == next(a for a in go_tos if kind(a.removeprefix("go to ")) != parent)
-            searched += 1
+            here, searched = state.expert_action.removeprefix("go to "), searched + 1
         state = env.step(state.expert_action)
-    assert searched >= 1
+    assert state.expert_action.startswith("take") and searched >= 1
     env.close()
 
 
@@ -272,6 +314,26 @@ def test_the_noisy_expert_records_the_expert_action_of_every_state_it_visits(tin
     assert actions != labels and all(r.logprobs == [0.0] * len(r.ids) for _, r in noisy.demonstrations)
     with pytest.raises(ValueError, match="epsilon"):
         NoisyExpertPolicy(tokenizer, think=False, epsilon=1.5)
+
+
+def test_expert_labels_follow_the_states_another_policy_reaches(tiny_models):
+    """DAgger proper: the walkthrough plays, every state it reaches is labelled with the sweeping expert's action."""
+    from pipeline.episodes import play_games
+    from pipeline.policies import ExpertLabelledPolicy
+
+    tokenizer = load_tokenizer(tiny_models["student"])
+    specs = [EpisodeSpec(g, 0) for g in discover_games(MINI_DATA, "train")[:3]]
+    policy = ExpertLabelledPolicy(ExpertPolicy(tokenizer, think=False), tokenizer, think=False)
+    episodes = play_games(
+        policy, PromptRenderer(tokenizer, False), specs, str(MINI_DATA),
+        num_workers=2, max_steps=16, history=0, think=False, expert="sweep",
+    )  # fmt: skip
+    turns = [t for ep in episodes for t in ep.turns]
+    assert all(ep.won for ep in episodes) and len(policy.demonstrations) == len(turns)
+    assert sorted(tuple(t["prompt_ids"]) for t in turns) == sorted(tuple(p) for p, _ in policy.demonstrations)
+    labels = {tuple(p): r.text.removeprefix("<action>").removesuffix("</action>") for p, r in policy.demonstrations}
+    assert all(labels[tuple(t["prompt_ids"])] in t["admissible_commands"] for t in turns)
+    assert any(labels[tuple(t["prompt_ids"])] != t["action"] for t in turns)  # the walkthrough is not the sweep
 
 
 def test_many_requests_to_one_worker_never_fill_its_pipes(monkeypatch):

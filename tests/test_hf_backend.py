@@ -4,23 +4,10 @@ import math
 
 import pytest
 import torch
+from conftest import CORPUS
 
-from pipeline.backends.hf import HFGenerator, SamplingDistribution
-from pipeline.tiny_models import STUDENT_SPEC, build_tiny_model, train_tokenizer
-
-CORPUS = [
-    "You arrive at countertop 1. On the countertop 1, you see a apple 1, a knife 2, and a mug 3.",
-    "<action>go to fridge 1</action>",
-    "<action>move mug 1 to shelf 2</action>",
-    "Your task is to: put a clean mug in coffeemachine.",
-] * 20
-
-
-@pytest.fixture(scope="module")
-def generator():
-    tokenizer = train_tokenizer(CORPUS, vocab_size=400)
-    model = build_tiny_model(tokenizer, STUDENT_SPEC, seed=3)
-    return HFGenerator(model, tokenizer)
+from pipeline.backends.admissible import AdmissibleOnly, continuations
+from pipeline.backends.hf import SamplingDistribution
 
 
 def prompts_of(generator, texts):
@@ -114,3 +101,53 @@ def test_recorder_settles_each_step_with_the_token_drawn():
     logprobs = recorder.finish(torch.tensor([0]))  # token 0 at step 1
     expected = [math.log(math.e / (1 + math.e)), math.log(math.e**2 / (math.e**2 + 1))]
     assert logprobs[0].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+# ------------------------------------------------------------------ admissible-only decoding
+
+
+def test_continuations_map_every_prefix_to_its_next_tokens():
+    assert continuations([[1, 2, 9], [1, 3, 9], [4, 9]]) == {
+        (): {1, 4},
+        (1,): {2, 3},
+        (1, 2): {9},
+        (1, 3): {9},
+        (4,): {9},
+    }
+
+
+def test_admissible_only_masks_each_row_by_its_own_prefix():
+    allowed = [[[1, 2, 9], [1, 3, 9]], [], [[4, 9]]]
+    processor = AdmissibleOnly(allowed, prompt_width=2)
+    # row 0 has generated [1]; row 1 is free; row 2 has generated [5], which starts none of its responses
+    input_ids = torch.tensor([[7, 7, 1], [7, 7, 6], [7, 7, 5]])
+    scores = torch.zeros(3, 10)
+    masked = processor(input_ids, scores)
+    assert torch.isfinite(masked[0]).nonzero().flatten().tolist() == [2, 3]
+    assert torch.isfinite(masked[1]).all() and torch.isfinite(masked[2]).all()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_admissible_only_generation_spells_an_allowed_response_with_renormalized_logprobs(generator, temperature):
+    tokenizer = generator.tokenizer
+    eos = tokenizer.eos_token_id
+    choices = ["<action>go to fridge 1</action>", "<action>move mug 1 to shelf 2</action>"]
+    allowed = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text in choices]
+    prompts = prompts_of(generator, [CORPUS[0], CORPUS[3]])
+    for seed in range(4):
+        outputs = generator.generate(
+            prompts, temperature=temperature, top_p=1.0, max_new_tokens=24, seed=seed, allowed=[allowed, allowed]
+        )
+        for prompt, out in zip(prompts, outputs, strict=True):
+            assert out.ids in allowed
+            # each step's log-prob is the model's, renormalized over the tokens that continue an allowed response
+            with torch.no_grad():
+                logits = generator.model(torch.tensor([prompt + out.ids])).logits[0, len(prompt) - 1 : -1].float()
+            expected = []
+            for step, token in enumerate(out.ids):
+                following = sorted(continuations(allowed)[tuple(out.ids[:step])])
+                row = torch.log_softmax(logits[step, following], -1)
+                expected.append(row[following.index(token)].item())
+                if temperature == 0:
+                    assert token == following[row.argmax().item()]
+            assert out.logprobs == pytest.approx(expected, abs=1e-4)

@@ -11,13 +11,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import DEFAULT_CONFIG
+from conftest import DEFAULT_CONFIG, wait_until_a_part_is_listed
 from typer.testing import CliRunner
 
 from pipeline import rounds as rounds_module
@@ -372,9 +371,7 @@ def test_ctrl_c_in_rollout_with_workers_is_one_line_exit_130_and_resumes(items, 
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    deadline = time.monotonic() + 300
-    while not list(turns.glob("part-*.parquet")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until_a_part_is_listed(turns, "turns", process, 300)
     os.killpg(process.pid, signal.SIGINT)
     _stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr

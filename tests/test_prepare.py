@@ -103,6 +103,7 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
         "prepare.sft_batch_size=4",
         "prepare.teacher_dagger_samples=2",
         "prepare.student_dagger_samples=1",
+        "prepare.teacher_dagger_iterations=1",  # then the teacher's own episodes, 1 epoch more on all rows
     )
     config = make_config(*config_overrides)
     records = warm_start_models(config)
@@ -110,7 +111,9 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     assert (teacher["games"], teacher["epochs"], student["epochs"]) == (3, 2.0, 1.0)
     assert teacher["turns"] == student["turns"] > 0
     assert teacher["dagger_turns"] > student["dagger_turns"] > 0  # each model gets its own DAgger episodes
-    assert teacher["steps"] == 2 * math.ceil((teacher["turns"] + teacher["dagger_turns"]) / 4)
+    assert teacher["own_turns"] >= 3 and student["own_turns"] == 0  # one episode of each game, only the teacher
+    first = teacher["turns"] + teacher["dagger_turns"]
+    assert teacher["steps"] == 2 * math.ceil(first / 4) + math.ceil((first + teacher["own_turns"]) / 4)
     assert student["steps"] == math.ceil((student["turns"] + student["dagger_turns"]) / 4)
     assert 0.0 <= teacher["greedy_success"] <= 1.0
     for record in (teacher, student):  # the next action on one noisy-expert episode of every eval game

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import datasets
@@ -13,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import wait_until_a_part_is_listed
 
 from pipeline.backends.hf import load_causal_lm
 from pipeline.errors import UserError
@@ -139,9 +139,7 @@ def test_killed_rollout_resumes_without_duplicates_or_loss(make_config, rollout_
     args += [f"--set={item}" for item in overrides_of(config)]
     stage_dir = rollout_dir.parent.parent.parent / "killed" / "round-001" / "turns"
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not list(stage_dir.glob("part-*.parquet")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until_a_part_is_listed(stage_dir, "turns", process, 240)
     process.send_signal(signal.SIGKILL)
     process.wait()
     written = sorted(p.name for p in stage_dir.glob("part-*.parquet"))
@@ -197,6 +195,20 @@ def test_student_eval_counts_invalid_and_repeated_actions(make_config):
     assert overall["success"] == rows["won"].mean()
     assert overall["invalid_action_rate"] == rows["invalid_actions"].sum() / rows["turns"].sum()
     assert overall["repeated_action_rate"] == rows["repeated_actions"].sum() / rows["turns"].sum()
+
+
+def test_admissible_only_rollout_plays_only_admissible_actions_on_real_games(make_config):
+    """The untrained tiny student mostly spells no valid command; constrained, every action is one the game offered."""
+    free = pd.read_parquet(run_rollout(make_config("run=free"), 1).directory)
+    constrained = pd.read_parquet(
+        run_rollout(make_config("run=constrained", "sampling.admissible_only=true"), 1).directory
+    )
+    assert not free["admissible"].all()
+    assert constrained["admissible"].all() and constrained["format_ok"].all()
+    assert all(
+        action in commands
+        for action, commands in zip(constrained["action"], constrained["admissible_commands"], strict=True)
+    )
 
 
 def test_stage_files_are_readable_by_others(rollout_dir):

@@ -147,7 +147,14 @@ def test_serve_answers_the_page_on_localhost_and_stops_on_ctrl_c(viewed, small_s
     import urllib.request
 
     root, _, _, _ = viewed
-    args = ["view", "--serve", "--port", "0", f"--set=runs_dir={root / 'runs'}", *(f"--set={s}" for s in small_settings)]
+    args = [
+        "view",
+        "--serve",
+        "--port",
+        "0",
+        f"--set=runs_dir={root / 'runs'}",
+        *(f"--set={s}" for s in small_settings),
+    ]
     server = subprocess.Popen(
         [sys.executable, "-m", "stages", *args], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )

@@ -22,9 +22,20 @@ class Generator(Protocol):
     tokenizer: Any
 
     def generate(
-        self, prompts: list[list[int]], *, temperature: float, top_p: float, max_new_tokens: int, seed: int
+        self,
+        prompts: list[list[int]],
+        *,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+        allowed: list[list[list[int]]] | None = None,
     ) -> list[Generation]:
-        """One response per prompt (token ids); the same `seed` and batch give the same responses."""
+        """One response per prompt (token ids); the same `seed` and batch give the same responses.
+
+        `allowed`, when given, holds per prompt the token sequences the response must be one of
+        (`sampling.admissible_only`; an empty list leaves that prompt free).
+        """
         ...
 
 

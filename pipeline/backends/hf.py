@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
+from pipeline.backends.admissible import AdmissibleOnly
 from pipeline.errors import UserError
 
 # Only passed when sampling: greedy decoding applies no warpers, and transformers warns about them.
@@ -131,15 +132,23 @@ class HFGenerator:
 
     @torch.inference_mode()
     def generate(
-        self, prompts: list[list[int]], *, temperature: float, top_p: float, max_new_tokens: int, seed: int
+        self,
+        prompts: list[list[int]],
+        *,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+        allowed: list[list[list[int]]] | None = None,
     ) -> list[Generation]:
         input_ids, attention_mask = self._left_pad(prompts)
         recorder = SamplingDistribution(temperature, top_p)
+        processors = [AdmissibleOnly(allowed, input_ids.shape[1])] if allowed is not None else []
         torch.manual_seed(seed)
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList([*processors, recorder]),
             do_sample=temperature > 0,
             max_new_tokens=max_new_tokens,
             eos_token_id=self.stop_ids,

@@ -30,6 +30,7 @@ from vllm.platforms import current_platform
 from pipeline.backends.hf import Generation, require_model_dir, resolve_device, resolve_dtype, stop_ids, trim_response
 from pipeline.backends.hf_score import TokenScores, empty_scores, require_candidates, require_prompts, token_scores
 from pipeline.config import Config
+from pipeline.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,18 @@ class VLLMGenerator:
         self.stop_ids = stop_ids(_generation_config(model), tokenizer)
 
     def generate(
-        self, prompts: list[list[int]], *, temperature: float, top_p: float, max_new_tokens: int, seed: int
+        self,
+        prompts: list[list[int]],
+        *,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+        allowed: list[list[list[int]]] | None = None,
     ) -> list[Generation]:
         """One response per prompt; request i samples with seed `seed + i`, so a batch is reproducible."""
+        if allowed is not None:  # config validation refuses admissible_only with vllm; this guards other callers
+            raise UserError("sampling.admissible_only needs the hf backend")
         params = [
             SamplingParams(
                 temperature=temperature,

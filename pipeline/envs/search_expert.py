@@ -23,7 +23,8 @@ Sweeping the receptacles in a fixed cyclic order needs no memory and finds the o
 The `sweep` variant (`every=True`) searches every receptacle but the task's parent class, and opens
 every closed one it searches, instead of only those ALFRED's table lets hold the object. Its walks are
 longer (mean 11.1 steps against 8.9 on the mini benchmark's training games), and its search needs no
-table: the `go to` is the first one on screen (with `from_here`) that is not of the parent class. It
+table: its `go to` is the next receptacle of the tour that is not of the parent class (the first such
+on screen with `from_here`, the last with `next_last`). It
 separates the two things a model must learn, the table and copying a name from the list; on the mini
 benchmark the tiny teacher fails at the copying either way (README).
 """
@@ -115,9 +116,7 @@ def search_action(task: SearchTask, state: WorldState, every: bool = False) -> s
         if found:
             return f"take {found[0]} from {here}"
     candidates = [
-        r
-        for r in state.receptacles
-        if kind(r) != task.parent and (every or task.obj in _holders().get(kind(r), ()))
+        r for r in state.receptacles if kind(r) != task.parent and (every or task.obj in _holders().get(kind(r), ()))
     ]
     if here is not None and here in candidates and state.is_closed(here):
         return f"open {here}"

@@ -81,8 +81,8 @@ class EnvConfig:
         "rest of a tour of the room, starting after where the agent stands: a memoryless agent sweeps a "
         "room by taking the first suitable one), `next_last` (that tour backwards, as the last actions of "
         "the list: the next receptacle is the last action on screen, which a tiny model copies far more easily) "
-        "or `task_last` (`next_last`, then the actions naming an object or receptacle of the task sentence: a "
-        "take, move, heat or use that the task needs is at the very end).",
+        "or `task_last` (`next_last`, then the actions whose object the task sentence names: the take, move, "
+        "heat or use of the task's object is at the very end).",
         default="sorted",
     )
     num_workers: int = _help("Environment worker processes; resets and steps run in them, in parallel.", default=2)

@@ -55,7 +55,7 @@ def prepare(
 
 
 def _accuracy_note(accuracy: dict[str, dict[str, list[int]]]) -> str:
-    """ ", the expert's next action at 43% of valid_unseen states (n=1659)" over the probed splits."""
+    """The summary's next-action clause over the probed splits: ", the expert's next action at 43% of …"."""
     parts = []
     for split, by_verb in accuracy.items():
         if ALL not in by_verb:  # a split without states

@@ -22,7 +22,7 @@ from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.search_expert import SearchTask, kind
 from pipeline.envs.workers import EnvPool
 from pipeline.episodes import EpisodeRunner, EpisodeSpec
-from pipeline.policies import ExpertPolicy
+from pipeline.policies import ExpertPolicy, TurnRequest
 
 
 def test_first_observation_is_split_into_observation_and_task():
@@ -334,6 +334,9 @@ def test_expert_labels_follow_the_states_another_policy_reaches(tiny_models):
     labels = {tuple(p): r.text.removeprefix("<action>").removesuffix("</action>") for p, r in policy.demonstrations}
     assert all(labels[tuple(t["prompt_ids"])] in t["admissible_commands"] for t in turns)
     assert any(labels[tuple(t["prompt_ids"])] != t["action"] for t in turns)  # the walkthrough is not the sweep
+    unlabelled = policy.demonstrations[0][0], specs[0].game
+    with pytest.raises(ValueError, match="DAgger labels need the env expert's action"):
+        policy.act([TurnRequest(*unlabelled, turn=0)], seed=0)  # an env without an expert cannot label
 
 
 def test_many_requests_to_one_worker_never_fill_its_pipes(monkeypatch):

@@ -15,7 +15,7 @@ and wraps around, so the list is the rest of a tour of the room from here. Why: 
 only the current turn can then sweep a room by taking the first `go to` that suits it, where the
 sorted list would make it find the gap left by its own receptacle and the name after it (with
 "Nothing happens." on screen, nothing else says where it stands). `next_last` lists that tour backwards
-at the end of the list, and `task_last` moves the actions that name a word of the task after it.
+at the end of the list, and `task_last` moves the actions whose object the task names after it.
 Measured on the mini benchmark's unseen rooms: README.md, the mini benchmark.
 """
 

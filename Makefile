@@ -9,6 +9,7 @@ ROUND ?=
 ARGS ?=
 RUNS ?=
 BASELINE ?=
+PREPARE_ARGS ?=
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed-stamp
 
@@ -38,8 +39,9 @@ $(STAMP): pyproject.toml
 # Idempotent and quick once done: data (the mini benchmark for configs on it) and tiny models of the config.
 # Its line goes to stderr: the stage targets that depend on it keep stdout for their own one-line summary.
 # Those targets' recipes are not echoed (@) for the same reason.
+# Its own PREPARE_ARGS (`--force`, `--archive PATH`): every stage target runs prepare first, and ARGS is theirs.
 prepare: $(STAMP)
-	@$(BIN)/sage-opd prepare --config $(CONFIG) $(if $(BASE),--base $(BASE)) >&2
+	@$(BIN)/sage-opd prepare --config $(CONFIG) $(if $(BASE),--base $(BASE)) $(PREPARE_ARGS) >&2
 
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
 test: $(STAMP)

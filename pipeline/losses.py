@@ -89,20 +89,35 @@ def normalize_weights(weights: torch.Tensor, mask: torch.Tensor) -> tuple[torch.
 
 
 def rkl_loss(
-    logp_new: torch.Tensor, logp_old: torch.Tensor, logp_teacher: torch.Tensor, clip_eps: float = 0.2
+    logp_new: torch.Tensor,
+    logp_old: torch.Tensor,
+    logp_teacher: torch.Tensor,
+    clip_eps: float = 0.2,
+    logp_sampler: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-token OPD loss on the sampled tokens, [B, L]: −min(ρA, clip(ρ, 1−ε, 1+ε)A).
+    """Per-token OPD loss on the sampled tokens, [B, L]: −w·min(ρA, clip(ρ, 1−ε, 1+ε)A).
 
     A = sg[log π_T − log π_old] is the negative per-token reverse KL used as an advantage; ρ = π_θ/π_old
-    is the importance ratio to the sampler (π_old = the log-probs recorded at rollout). Gradient flows
-    only through `logp_new`; it is −ρA per token where the ratio is unclipped and 0 where it is clipped.
+    is the importance ratio to the policy that sampled. Gradient flows only through `logp_new`; it is
+    −wρA per token where the ratio is unclipped and 0 where it is clipped.
+
+    Without `logp_sampler`, π_old is the sampler (the log-probs recorded at rollout) and w = 1: tinker's
+    OPD, where the sampler is the policy. When it is not (decoding restricted to admissible actions, a
+    temperature other than 1, top-p), `logp_old` is the policy's own log-prob at the round's start and
+    `logp_sampler` the sampler's q: A and ρ then compare the policy with the teacher and with itself, and
+    w = sg[π_old/q] carries the samples from q over to π_old (importance sampling). Using q as π_old there
+    would bias A by log(π_old/q) and start ρ at π_θ/q instead of 1, so the clip would cut tokens the
+    policy never moved (measured: README, the mini benchmark).
     """
     dtype = torch.promote_types(logp_new.dtype, torch.float32)
     logp_old = logp_old.detach().to(dtype)
     advantage = logp_teacher.detach().to(dtype) - logp_old
     ratio = torch.exp(logp_new.to(dtype) - logp_old)
     clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps)
-    return -torch.minimum(ratio * advantage, clipped * advantage)
+    per_token = -torch.minimum(ratio * advantage, clipped * advantage)
+    if logp_sampler is None:
+        return per_token
+    return torch.exp(logp_old - logp_sampler.detach().to(dtype)) * per_token
 
 
 def _with_tail(topk_logprobs: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from pipeline.hashing import fingerprint
 from pipeline.locks import writer_lock
 from pipeline.losses import LABEL_NAMES
 from pipeline.runs import RunLayout
-from pipeline.shards import read_stage, stage_fingerprint
+from pipeline.shards import read_manifest, read_stage, stage_fingerprint
 from pipeline.train_data import build_examples
 from pipeline.trainer import train_student
 
@@ -65,6 +65,19 @@ def run_train(config: Config, round_: int, force: bool = False) -> TrainResult:
         return _train(config, layout, round_, directory, force, writer)
 
 
+def sampler_is_policy(rollout: dict[str, Any]) -> bool:
+    """Whether the rollout (its manifest's `config`) sampled from the student's own distribution: the student
+    played, at temperature 1, unrestricted. Otherwise the recorded log-probs are another distribution's q,
+    and `rkl` needs the student's own as π_old (`losses.rkl_loss`)."""
+    sampling = rollout["sampling"]
+    return (
+        rollout["policy"] == "student"
+        and sampling["temperature"] == 1.0
+        and sampling["top_p"] == 1.0
+        and not sampling.get("admissible_only", False)
+    )
+
+
 def _train(config: Config, layout: RunLayout, round_: int, directory: Path, force: bool, writer: bool) -> TrainResult:
     settings = config.train
     turns_dir = layout.stage_dir(round_, "turns")
@@ -75,6 +88,7 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
         annotations = read_stage(annotations_dir, "annotations")
         _check_labels(annotations_dir, annotations)
     student = layout.student_entering(round_, config.models.student)
+    on_policy = sampler_is_policy(read_manifest(turns_dir, "turns")["config"])
     setup = {
         "train": asdict(settings),
         "seed": config.seed,
@@ -84,6 +98,8 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
             "annotations": None if annotations is None else stage_fingerprint(annotations_dir, "annotations"),
         },
     }
+    if settings.loss == "rkl":
+        setup["sampler_is_policy"] = on_policy
     if directory.exists() and not force:
         done = verified_record(directory, round_)
         if done.get("fingerprint") == fingerprint(setup):
@@ -102,7 +118,14 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
     staged = directory.parent / _STAGED
     with _scratch_tempdir(directory.parent / _SCRATCH) if writer else nullcontext():
         summary = train_student(
-            student, examples, stats, settings, staged, seed=config.seed, threads=config.runtime.threads or None
+            student,
+            examples,
+            stats,
+            settings,
+            staged,
+            seed=config.seed,
+            threads=config.runtime.threads or None,
+            sampler_is_policy=on_policy,
         )
     losses = [entry["loss"] for entry in summary.log_history if "loss" in entry]
     mean_loss = sum(losses) / len(losses) if losses else None

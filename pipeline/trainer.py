@@ -41,7 +41,7 @@ from pipeline.progress import Progress, open_progress
 from pipeline.train_data import LABELS, UNLABELED, world_batch_size
 
 LABEL_INDEX = {name: index for index, name in enumerate((*LABELS, UNLABELED))}
-_PER_TOKEN = ("weights", "sampler_logprobs", "teacher_logprobs")
+_PER_TOKEN = ("weights", "sampler_logprobs", "teacher_logprobs", "policy_logprobs")
 _TOP_K = ("topk_ids", "topk_logprobs")
 
 
@@ -139,6 +139,48 @@ def quiet_console(trainer: SFTTrainer, label: str) -> Progress | None:
     return progress
 
 
+def response_logprobs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+    """(model outputs, [B, R, V] float32 log-probs at the positions that predict the response tokens)."""
+    mask = inputs["response_mask"]
+    length = inputs["input_ids"].shape[1]
+    # Logits at position p predict token p + 1: response token j of a row sits at response_start + j.
+    positions = inputs["response_start"].unsqueeze(1) - 1 + torch.arange(mask.shape[1], device=mask.device)
+    outputs = model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        use_cache=False,
+        logits_to_keep=positions.clamp(max=length - 1),
+    )
+    return outputs, torch.log_softmax(outputs.logits.float(), dim=-1)
+
+
+@torch.no_grad()
+def with_policy_logprobs(trainer: SFTTrainer, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`examples` with `policy_logprobs`: the log-probs the model about to be trained gives each sampled
+    response token, unrestricted, at temperature 1 (π_old of `losses.rkl_loss` when the sampler was not
+    the policy). Computed once before the first step, on the trainer's device and precision."""
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    collate = trainer.data_collator
+    size = trainer.args.per_device_train_batch_size
+    device = next(model.parameters()).device  # where the Trainer placed it (the CPU until a launcher moves it)
+    out = []
+    try:
+        for start in range(0, len(examples), size):
+            chunk = examples[start : start + size]
+            inputs = {key: value.to(device) for key, value in collate(chunk).items()}
+            with trainer.autocast_smart_context_manager():
+                _, logp = response_logprobs(model, inputs)
+            chosen = logp.gather(-1, inputs["response_ids"].unsqueeze(-1)).squeeze(-1).float().cpu()
+            for row, example in enumerate(chunk):
+                span = len(example["input_ids"]) - int(example["response_start"])
+                out.append({**example, "policy_logprobs": chosen[row, :span].tolist()})
+    finally:
+        model.train(was_training)
+    return out
+
+
 class SageOPDTrainer(SFTTrainer):
     """`SFTTrainer` whose loss is Σ w·ℓ / N over precomputed weights, read in the order it was built.
 
@@ -170,21 +212,17 @@ class SageOPDTrainer(SFTTrainer):
         cfg = self.train_config
         mask = inputs["response_mask"]
         maskf = mask.float()
-        length = inputs["input_ids"].shape[1]
-        # Logits at position p predict token p + 1: response token j of a row sits at response_start + j.
-        positions = inputs["response_start"].unsqueeze(1) - 1 + torch.arange(mask.shape[1], device=mask.device)
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            use_cache=False,
-            logits_to_keep=positions.clamp(max=length - 1),
-        )
-        logp = torch.log_softmax(outputs.logits.float(), dim=-1)  # [B, R, V]
+        outputs, logp = response_logprobs(model, inputs)
         logp_new = logp.gather(-1, inputs["response_ids"].unsqueeze(-1)).squeeze(-1) * maskf
         extra: dict[str, torch.Tensor] = {}
         if cfg.loss == "rkl":
-            per_token = losses.rkl_loss(logp_new, inputs["sampler_logprobs"], inputs["teacher_logprobs"], cfg.clip_eps)
-            ratio = torch.exp(logp_new.detach() - inputs["sampler_logprobs"])
+            sampler = inputs["sampler_logprobs"]
+            decoupled = "policy_logprobs" in inputs  # the sampler was not the policy: see `losses.rkl_loss`
+            old = inputs["policy_logprobs"] if decoupled else sampler
+            per_token = losses.rkl_loss(
+                logp_new, old, inputs["teacher_logprobs"], cfg.clip_eps, logp_sampler=sampler if decoupled else None
+            )
+            ratio = torch.exp(logp_new.detach() - old)
             extra["clipped"] = (((ratio - 1).abs() > cfg.clip_eps) & mask).sum()
         elif cfg.loss.startswith("topk_"):
             student_topk = logp.gather(-1, inputs["topk_ids"])
@@ -267,12 +305,15 @@ def train_student(
     threads: int | None = None,
     callbacks: list[Any] | None = None,
     bf16: bool | None = None,
+    sampler_is_policy: bool = True,
 ) -> TrainSummary:
     """Train the student at `model_path` on `examples` (from `build_examples`) and save it to `output_dir`.
 
     `output_dir` is replaced atomically by a checkpoint that `AutoModelForCausalLM.from_pretrained` and
     `AutoTokenizer.from_pretrained` load. CUDA is used when present, else the CPU; `bf16` (autocast,
     float32 master weights) defaults to on exactly when CUDA is used. `callbacks` go to the Trainer.
+    `sampler_is_policy=False` (the rollout decoded otherwise than the student's own distribution at
+    temperature 1) makes `rkl` use the student's own log-probs as π_old and weight tokens by π_old/q.
     """
     if not examples:
         raise UserError("no turns to train on: the round's turns are empty")
@@ -320,6 +361,8 @@ def train_student(
         )
         progress = quiet_console(trainer, "train")
         _check_batch_layout(examples, world_batch_size(cfg, trainer.accelerator.num_processes))
+        if cfg.loss == "rkl" and not sampler_is_policy:
+            trainer.train_dataset = datasets.Dataset.from_list(with_policy_logprobs(trainer, examples))
         try:
             trainer.train()
         finally:

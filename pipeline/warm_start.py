@@ -110,11 +110,16 @@ def learner_rows(
 ) -> list[dict[str, Any]]:
     """(prompt, expert action) rows of the states `model` reaches itself: one episode per game at the eval
     temperature, each state labelled by `prepare.dagger_expert` (a DAgger iteration)."""
-    temperature = config.eval.temperature if config.eval.temperature is not None else config.sampling.temperature
-    learner = LMPolicy("learner", HFGenerator(load_hf_model(config, model), tokenizer), config.sampling, temperature)
+    generator = HFGenerator(load_hf_model(config, model), tokenizer)
+    learner = LMPolicy("learner", generator, config.sampling, learner_temperature(config))
     policy = ExpertLabelledPolicy(learner, tokenizer, config.env.think)
     play(config, policy, tokenizer, specs, data_root, expert=config.prepare.dagger_expert, progress=progress)
     return demonstration_rows(policy.demonstrations, "own")
+
+
+def learner_temperature(config: Config) -> float:
+    """The temperature the teacher plays its own DAgger episodes at: the eval temperature."""
+    return config.eval.temperature if config.eval.temperature is not None else config.sampling.temperature
 
 
 GREEDY_CHECK_GAMES = 24  # a quick look, balanced over task types; eval measures the splits properly
@@ -178,17 +183,48 @@ def prompt_settings(config: Config) -> dict[str, Any]:
     return {"history": env.history, "max_steps": env.max_steps, "think": env.think, "go_to_order": env.go_to_order}
 
 
-def _refuse_other_prompts(config: Config, model: str, record: dict[str, Any] | None) -> None:
-    """A model warm-started on other prompts would be kept as if it were this config's: say so instead.
-    (Records written before `prompt` was recorded are taken as they are; records written before
-    `go_to_order` existed were made with the engine's sorted order, the only one there was.)"""
-    if record is None or "prompt" not in record:
+def recipe_settings(config: Config, name: str) -> dict[str, Any]:
+    """{setting: value} of what model `name`'s warm-start weights depend on besides the prompts: its shape,
+    data and schedule, and, for a teacher that plays its own DAgger episodes, how it decodes them. (Not the
+    seed: a sweep's seeds share one warm start, and a seed changes the draw, not the recipe.)"""
+    settings = config.prepare
+    own = {
+        "shape": getattr(settings, f"{name}_shape"),
+        "sft_epochs": getattr(settings, f"{name}_sft_epochs"),
+        "sft_learning_rate": getattr(settings, f"{name}_sft_learning_rate"),
+        "dagger_samples": getattr(settings, f"{name}_dagger_samples"),
+    }
+    recipe = {f"prepare.{name}_{key}": value for key, value in own.items()}
+    for key in ("dagger_epsilon", "dagger_expert", "walkthroughs", "sft_batch_size"):
+        recipe[f"prepare.{key}"] = getattr(settings, key)
+    recipe |= {"data.source": config.data.source, "rollout.splits": config.rollout.splits}
+    if name == "teacher":
+        recipe["prepare.teacher_dagger_iterations"] = settings.teacher_dagger_iterations
+    if name == "teacher" and settings.teacher_dagger_iterations > 0:
+        recipe |= {
+            "prepare.teacher_iteration_epochs": settings.teacher_iteration_epochs,
+            "eval.temperature": learner_temperature(config),
+            "sampling.admissible_only": config.sampling.admissible_only,
+        }
+    return recipe
+
+
+def _refuse_another_warm_start(config: Config, name: str, model: str, record: dict[str, Any] | None) -> None:
+    """A model warm-started on other prompts or another recipe would be kept as if it were this config's: say
+    so instead. (Records written before `prompt` or `recipe` was recorded are taken as they are; records written
+    before `go_to_order` existed were made with the engine's sorted order, the only one there was.)"""
+    if record is None:
         return
-    learned, wanted = {"go_to_order": "sorted", **record["prompt"]}, prompt_settings(config)
-    differ = ", ".join(f"env.{key}={learned[key]}" for key in wanted if learned.get(key) != wanted[key])
+    differ = []
+    if "prompt" in record:
+        learned, wanted = {"go_to_order": "sorted", **record["prompt"]}, prompt_settings(config)
+        differ += [f"env.{key}={learned[key]}" for key in wanted if learned.get(key) != wanted[key]]
+    if "recipe" in record:
+        learned, wanted = record["recipe"], recipe_settings(config, name)
+        differ += [f"{key}={learned.get(key)}" for key in wanted if learned.get(key) != wanted[key]]
     if differ:
         raise UserError(
-            f"{model} was warm-started on prompts with {differ}, not this config's: run `sage-opd prepare --force` "
+            f"{model} was warm-started with {', '.join(differ)}, not this config's: run `sage-opd prepare --force` "
             "to rebuild it, or point models.* at another folder"
         )
 
@@ -207,8 +243,8 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
         "student": (settings.student_sft_epochs, settings.student_sft_learning_rate, settings.student_dagger_samples),
     }
     models = {name: getattr(config.models, name) for name in plan}
-    for model in models.values():
-        _refuse_other_prompts(config, model, sft_record(model))
+    for name, model in models.items():
+        _refuse_another_warm_start(config, name, model, sft_record(model))
     todo = [name for name, (epochs, _, _) in plan.items() if epochs > 0 and sft_record(models[name]) is None]
     if todo:
         data_root, specs = plan_episodes(config, replace(config.rollout, num_games=0, samples_per_game=1), 0)
@@ -243,6 +279,7 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
                 "games": len(specs),
                 "greedy_games": min(len(specs), GREEDY_CHECK_GAMES),
                 "prompt": prompt_settings(config),
+                "recipe": recipe_settings(config, name),
             }
             if heldout is None:
                 heldout = heldout_states(config, tokenizer, progress_for)

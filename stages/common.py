@@ -65,9 +65,13 @@ SamplesOpt = Annotated[int | None, typer.Option(help="Episodes per game.")]
 
 
 def set_offline_defaults() -> None:
-    """No hub traffic from any command (models and data are local by design), and no library's own bars."""
+    """No hub traffic from any command (models and data are local by design), and no library's own bars.
+    An empty ALFWORLD_DATA reads as unset, as our lookups treat it: importing alfworld would otherwise fail
+    trying to create the folder "" (`export ALFWORLD_DATA=$UNSET_VARIABLE` makes one)."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    if os.environ.get("ALFWORLD_DATA") == "":
+        del os.environ["ALFWORLD_DATA"]
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:

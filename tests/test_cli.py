@@ -56,9 +56,11 @@ def test_user_errors_are_one_line_and_exit_2(cli, tmp_path, args, message):
     assert not (tmp_path / "runs").exists(), "a refused command must not create anything"
 
 
-def test_missing_full_data_says_what_to_provide(tmp_path):
-    """A fresh process in an empty folder with no ALFWORLD_DATA: the message names every way to fix it."""
-    env = {k: v for k, v in os.environ.items() if k != "ALFWORLD_DATA"}
+@pytest.mark.parametrize("unset", [{}, {"ALFWORLD_DATA": ""}], ids=["unset", "empty"])
+def test_missing_full_data_says_what_to_provide(tmp_path, unset):
+    """A fresh process in an empty folder with no ALFWORLD_DATA (or an empty one, as `export
+    ALFWORLD_DATA=$UNSET` leaves it): the message names every way to fix it."""
+    env = {**{k: v for k, v in os.environ.items() if k != "ALFWORLD_DATA"}, **unset}
     done = subprocess.run(
         [
             sys.executable,
@@ -84,6 +86,14 @@ def test_missing_full_data_says_what_to_provide(tmp_path):
         "`sage-opd prepare --archive PATH/alfworld-json_2.1.1.tar.gz` (or `--download`)"
     )
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_empty_alfworld_data_reads_as_unset_so_alfworld_imports(tmp_path):
+    """alfworld's import creates $ALFWORLD_DATA and fails on "": the commands drop an empty one first."""
+    code = "from stages.common import set_offline_defaults; set_offline_defaults(); import alfworld.info"
+    env = {**os.environ, "ALFWORLD_DATA": "", "HOME": str(tmp_path)}  # its default folder lands in tmp_path
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_rollout_ends_with_a_one_line_summary(cli):

@@ -176,6 +176,22 @@ def test_rkl_loss_teacher_equal_to_sampler_is_zero():
     assert rkl_loss(_t([[-0.3, -4.0]]), logp_old, logp_old).tolist() == [[0.0, 0.0]]
 
 
+def test_rkl_loss_off_the_sampler_weights_each_token_by_the_policy_over_the_sampler():
+    """q ≠ π_old (restricted decoding): A and ρ are taken against π_old, and each token counts π_old/q."""
+    ratios, advantages = _t([c[0] for c in RKL_CASES]), _t([c[1] for c in RKL_CASES])
+    logp_old = _t([-0.7, -1.2, -2.0, -0.3, -1.5, -0.9])
+    weights = _t([2.0, 0.5, 1.0, 0.25, 4.0, 0.5])  # π_old / q per token
+    logp_sampler = (logp_old - weights.log()).requires_grad_()
+    logp_new = (logp_old + ratios.log()).requires_grad_()
+    loss = rkl_loss(logp_new, logp_old, logp_old + advantages, clip_eps=0.2, logp_sampler=logp_sampler)
+    torch.testing.assert_close(loss, weights * _t([c[2] for c in RKL_CASES]))
+    loss.sum().backward()
+    torch.testing.assert_close(logp_new.grad, weights * _t([c[3] for c in RKL_CASES]))
+    assert logp_sampler.grad is None
+    same = rkl_loss(logp_new, logp_old, logp_old + advantages, logp_sampler=logp_old)  # q = π_old: tinker's loss
+    torch.testing.assert_close(same, rkl_loss(logp_new, logp_old, logp_old + advantages))
+
+
 # ---------------------------------------------------------------------------- top-k divergences
 
 # vocab 4, k = 2; the teacher's top-2 ids are 0 and 1.

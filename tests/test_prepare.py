@@ -129,12 +129,23 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     prompt = {"history": config.env.history, "max_steps": config.env.max_steps, "think": False}
     assert teacher["prompt"] == {**prompt, "go_to_order": "sorted"}
     other_prompts = make_config(*config_overrides, f"env.history={config.env.history + 1}")
-    with pytest.raises(UserError, match=rf"warm-started on prompts with env.history={config.env.history}, not"):
+    with pytest.raises(UserError, match=rf"warm-started with env.history={config.env.history}, not"):
         warm_start_models(other_prompts)  # kept silently, it would play prompts it never saw
-    with pytest.raises(UserError, match=r"warm-started on prompts with env.go_to_order=sorted, not"):
+    with pytest.raises(UserError, match=r"warm-started with env.go_to_order=sorted, not"):
         warm_start_models(make_config(*config_overrides, "env.go_to_order=from_here"))
     for record_path in (models[name] / SFT_RECORD for name in ("teacher", "student")):  # as written before the order
         record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "prompt": prompt}))
     assert warm_start_models(config)["teacher"]["prompt"] == prompt  # taken as the sorted order it was made with
-    with pytest.raises(UserError, match=r"warm-started on prompts with env.go_to_order=sorted, not"):
+    with pytest.raises(UserError, match=r"warm-started with env.go_to_order=sorted, not"):
         warm_start_models(make_config(*config_overrides, "env.go_to_order=from_here"))
+    assert teacher["recipe"]["prepare.teacher_dagger_iterations"] == 1
+    other_recipes = {  # each would keep weights trained another way: the folder is named in the refusal
+        "prepare.teacher_dagger_iterations=2": r"teacher was warm-started with prepare.teacher_dagger_iterations=1,",
+        "sampling.admissible_only=true": r"teacher was warm-started with sampling.admissible_only=False,",
+        "prepare.student_sft_epochs=2": r"student was warm-started with prepare.student_sft_epochs=1.0,",
+        "prepare.teacher_shape=64x2": r"teacher was warm-started with prepare.teacher_shape=128x4,",
+    }
+    for override, message in other_recipes.items():
+        with pytest.raises(UserError, match=message):
+            warm_start_models(make_config(*config_overrides, override))
+    assert warm_start_models(make_config(*config_overrides, "seed=1")) == warm_start_models(config)  # seeds share

@@ -101,8 +101,9 @@ class GradCapture(TrainerCallback):
         self.grads.append({name: p.grad.detach().clone() for name, p in model.named_parameters()})
 
 
-def reference_gradients(model_path, examples, cfg):
-    """d/dθ of Σ_rows Σ_j w·ℓ / N, one unpadded row at a time, straight from losses.py: no Trainer involved."""
+def reference_gradients(model_path, examples, cfg, sampler_is_policy=True):
+    """d/dθ of Σ_rows Σ_j w·ℓ / N, one unpadded row at a time, straight from losses.py: no Trainer involved.
+    With `sampler_is_policy=False`, rkl's π_old is the model's own log-probs before the step."""
     model = load_causal_lm(model_path, torch.device("cpu"), torch.float32)
     for example in examples:
         ids = torch.tensor([example["input_ids"]])
@@ -111,8 +112,11 @@ def reference_gradients(model_path, examples, cfg):
         logp = torch.log_softmax(model(ids).logits[0, start - 1 : -1].float(), dim=-1)
         logp_new = logp.gather(-1, response[:, None]).squeeze(-1)
         if cfg.loss == "rkl":
-            old, teacher = torch.tensor(example["sampler_logprobs"]), torch.tensor(example["teacher_logprobs"])
-            per_token = losses.rkl_loss(logp_new, old, teacher, cfg.clip_eps)
+            sampler, teacher = torch.tensor(example["sampler_logprobs"]), torch.tensor(example["teacher_logprobs"])
+            if sampler_is_policy:
+                per_token = losses.rkl_loss(logp_new, sampler, teacher, cfg.clip_eps)
+            else:
+                per_token = losses.rkl_loss(logp_new, logp_new.detach(), teacher, cfg.clip_eps, logp_sampler=sampler)
         else:
             student_topk = logp.gather(-1, torch.tensor(example["topk_ids"]))
             per_token = losses.topk_divergence(student_topk, torch.tensor(example["topk_logprobs"]), cfg.loss[5:])
@@ -263,6 +267,45 @@ def test_the_gradient_does_not_depend_on_the_micro_batch_split(shards, tiny_mode
         torch.testing.assert_close(grads["whole"][key], expected, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(grads["split"][key], expected, atol=1e-5, rtol=1e-4)
     assert logged["whole"] == pytest.approx(logged["split"], abs=1e-6)
+
+
+@pytest.mark.parametrize(("micro", "accumulate"), [(8, 1), (2, 4)])
+def test_rkl_off_the_sampler_takes_the_students_pi_old(shards, tiny_models, tmp_path, micro, accumulate):
+    """Restricted decoding recorded q, not the student's π: the trainer computes π_old itself before the first
+    step, and the gradient is the reference's with A and ρ against π_old and each token weighted π_old/q."""
+    turns, notes = varied(shards, 8)
+    for i, turn in enumerate(turns):  # q ≥ π on the tokens kept, as when decoding drops the other tokens' mass
+        raised = enumerate(turn["sampler_logprobs"])
+        turn["sampler_logprobs"] = [min(0.0, lp + 0.1 * (1 + (i + j) % 4)) for j, lp in raised]
+    cfg = TrainConfig(
+        loss="rkl", per_device_batch_size=micro, gradient_accumulation_steps=accumulate, max_grad_norm=0.0
+    )
+    examples, _ = build_examples(turns, notes, cfg, world_batch=8, seed=0)
+    capture = GradCapture()
+    student = tiny_models["student"]
+    train_student(student, examples, {}, cfg, tmp_path / "off", seed=0, callbacks=[capture], sampler_is_policy=False)
+    reference = reference_gradients(student, examples, cfg, sampler_is_policy=False)
+    coupled = reference_gradients(student, examples, cfg)
+    for key, expected in reference.items():
+        torch.testing.assert_close(capture.grads[0][key], expected, atol=1e-5, rtol=1e-4)
+    assert sum((reference[k] - coupled[k]).abs().sum() for k in reference) > 1e-3  # q as π_old is another loss
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"policy": "student", "sampling": {"temperature": 1.0, "top_p": 1.0, "admissible_only": False}}, True),
+        ({"policy": "student", "sampling": {"temperature": 1.0, "top_p": 1.0}}, True),  # before admissible_only
+        ({"policy": "student", "sampling": {"temperature": 1.0, "top_p": 1.0, "admissible_only": True}}, False),
+        ({"policy": "student", "sampling": {"temperature": 0.7, "top_p": 1.0}}, False),
+        ({"policy": "student", "sampling": {"temperature": 1.0, "top_p": 0.9}}, False),
+        ({"policy": "teacher", "sampling": {"temperature": 1.0, "top_p": 1.0}}, False),
+    ],
+)
+def test_the_sampler_is_the_policy_only_for_the_students_own_unrestricted_samples(config, expected):
+    from pipeline.train import sampler_is_policy
+
+    assert sampler_is_policy(config) is expected
 
 
 def test_four_steps_on_real_shards_write_a_loadable_checkpoint(shards, tiny_models, tmp_path):

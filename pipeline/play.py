@@ -182,7 +182,7 @@ def _run_play(
     tokenizer = _tokenizer_path(config, policy)
     content = {path: model_fingerprint(path) for path in {tokenizer, policy.model} - {None}}
     parts = chunk(specs, play.episodes_per_shard)
-    temperature = config.sampling.temperature if play.temperature is None else play.temperature
+    temperature = play_temperature(config, play)
     with writer_lock(directory, (sharding.index, sharding.count)):
         writer = StageWriter(
             directory,
@@ -243,6 +243,11 @@ def _refuse_if_all_failed(episodes: list[Episode], part: int) -> None:
             f"every episode of part {part} failed, so the environment itself is broken (first error: "
             f"{episodes[0].error}); nothing was written for this part"
         )
+
+
+def play_temperature(config: Config, play: PlayConfig) -> float:
+    """The temperature a stage plays at: its own (`rollout.temperature`, `eval.temperature`) or `sampling`'s."""
+    return config.sampling.temperature if play.temperature is None else play.temperature
 
 
 def _work_config(

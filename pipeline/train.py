@@ -69,11 +69,11 @@ def sampler_is_policy(rollout: dict[str, Any]) -> bool:
     """Whether the rollout (its manifest's `config`) sampled from the student's own distribution: the student
     played, at temperature 1, unrestricted. Otherwise the recorded log-probs are another distribution's q,
     and `rkl` needs the student's own as π_old (`losses.rkl_loss`)."""
-    sampling = rollout["sampling"]
+    sampling = rollout.get("sampling", {})  # what older manifests lack was the only setting there was
     return (
-        rollout["policy"] == "student"
-        and sampling["temperature"] == 1.0
-        and sampling["top_p"] == 1.0
+        rollout.get("policy", "student") == "student"
+        and sampling.get("temperature", 1.0) == 1.0
+        and sampling.get("top_p", 1.0) == 1.0
         and not sampling.get("admissible_only", False)
     )
 
@@ -88,7 +88,7 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
         annotations = read_stage(annotations_dir, "annotations")
         _check_labels(annotations_dir, annotations)
     student = layout.student_entering(round_, config.models.student)
-    on_policy = sampler_is_policy(read_manifest(turns_dir, "turns")["config"])
+    on_policy = settings.loss != "rkl" or sampler_is_policy(read_manifest(turns_dir, "turns")["config"])
     setup = {
         "train": asdict(settings),
         "seed": config.seed,

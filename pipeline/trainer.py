@@ -172,7 +172,7 @@ def with_policy_logprobs(trainer: SFTTrainer, examples: list[dict[str, Any]]) ->
             inputs = {key: value.to(device) for key, value in collate(chunk).items()}
             with trainer.autocast_smart_context_manager():
                 _, logp = response_logprobs(model, inputs)
-            chosen = logp.gather(-1, inputs["response_ids"].unsqueeze(-1)).squeeze(-1).float().cpu()
+            chosen = logp.gather(-1, inputs["response_ids"].unsqueeze(-1)).squeeze(-1).cpu()
             for row, example in enumerate(chunk):
                 span = len(example["input_ids"]) - int(example["response_start"])
                 out.append({**example, "policy_logprobs": chosen[row, :span].tolist()})

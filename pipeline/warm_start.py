@@ -37,7 +37,7 @@ from pipeline.envs.prompts import PromptRenderer
 from pipeline.episodes import EpisodeSpec, play_games
 from pipeline.errors import UserError
 from pipeline.evaluation import turn_rows
-from pipeline.play import plan_episodes
+from pipeline.play import plan_episodes, play_temperature
 from pipeline.policies import ExpertLabelledPolicy, ExpertPolicy, LMPolicy, NoisyExpertPolicy, Policy
 from pipeline.train_data import build_examples
 from pipeline.trainer import train_student
@@ -111,15 +111,10 @@ def learner_rows(
     """(prompt, expert action) rows of the states `model` reaches itself: one episode per game at the eval
     temperature, each state labelled by `prepare.dagger_expert` (a DAgger iteration)."""
     generator = HFGenerator(load_hf_model(config, model), tokenizer)
-    learner = LMPolicy("learner", generator, config.sampling, learner_temperature(config))
+    learner = LMPolicy("learner", generator, config.sampling, play_temperature(config, config.eval))
     policy = ExpertLabelledPolicy(learner, tokenizer, config.env.think)
     play(config, policy, tokenizer, specs, data_root, expert=config.prepare.dagger_expert, progress=progress)
     return demonstration_rows(policy.demonstrations, "own")
-
-
-def learner_temperature(config: Config) -> float:
-    """The temperature the teacher plays its own DAgger episodes at: the eval temperature."""
-    return config.eval.temperature if config.eval.temperature is not None else config.sampling.temperature
 
 
 GREEDY_CHECK_GAMES = 24  # a quick look, balanced over task types; eval measures the splits properly
@@ -200,12 +195,12 @@ def recipe_settings(config: Config, name: str) -> dict[str, Any]:
     recipe |= {"data.source": config.data.source, "rollout.splits": config.rollout.splits}
     if name == "teacher":
         recipe["prepare.teacher_dagger_iterations"] = settings.teacher_dagger_iterations
-    if name == "teacher" and settings.teacher_dagger_iterations > 0:
-        recipe |= {
-            "prepare.teacher_iteration_epochs": settings.teacher_iteration_epochs,
-            "eval.temperature": learner_temperature(config),
-            "sampling.admissible_only": config.sampling.admissible_only,
-        }
+        if settings.teacher_dagger_iterations > 0:  # it plays its own episodes: how it decodes them counts
+            recipe |= {
+                "prepare.teacher_iteration_epochs": settings.teacher_iteration_epochs,
+                "eval.temperature": play_temperature(config, config.eval),
+                "sampling.admissible_only": config.sampling.admissible_only,
+            }
     return recipe
 
 

@@ -300,6 +300,7 @@ def test_rkl_off_the_sampler_takes_the_students_pi_old(shards, tiny_models, tmp_
         ({"policy": "student", "sampling": {"temperature": 0.7, "top_p": 1.0}}, False),
         ({"policy": "student", "sampling": {"temperature": 1.0, "top_p": 0.9}}, False),
         ({"policy": "teacher", "sampling": {"temperature": 1.0, "top_p": 1.0}}, False),
+        ({"sampling": {}}, True),  # a manifest from before these were recorded: the student at T=1, unrestricted
     ],
 )
 def test_the_sampler_is_the_policy_only_for_the_students_own_unrestricted_samples(config, expected):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from test_report import PNG_MAGIC, STUDENT, eval_rows, invoke, write_annotations, write_eval, write_training
+from test_schema import turn_row
 
 from pipeline.report import write_report
 from pipeline.report.groups import group_runs
@@ -42,16 +43,40 @@ def play_config(run: str, round_: int, seed: int, policy: str, source: str, mode
 
 
 def write_seed(
-    root: Path, name: str, seed: int, train: dict, rounds: dict[int, dict[str, str]], *, eval_source: str = "mini"
+    root: Path,
+    name: str,
+    seed: int,
+    train: dict,
+    rounds: dict[int, dict[str, str]],
+    *,
+    eval_source: str = "mini",
+    sampler_probs: list[float] | None = None,
 ) -> RunLayout:
-    """A run of one seed: round 1's rollout manifest, a training record and a student eval per round."""
+    """A run of one seed: round 1's rollout manifest (with `sampler_probs`, its turns too: one per annotated
+    turn of `write_annotations`), a training record and a student eval per round."""
     layout = RunLayout(root / name)
     config = play_config(name, 1, seed, "student", "mini", STUDENT)  # round 1 rolls out the initial student
-    StageWriter(layout.stage_dir(1, "turns"), "turns", config=config, inputs={}, models={}, num_parts=1)
+    writer = StageWriter(layout.stage_dir(1, "turns"), "turns", config=config, inputs={}, models={}, num_parts=1)
+    if sampler_probs is not None:
+        writer.write_part(0, [rollout_turn(name, i, p) for i, p in enumerate(sampler_probs)])
+        assert writer.finalize()
     for round_, wins in rounds.items():
         write_training(layout.stage_dir(round_, "checkpoint"), [1.0], 6, {"train": train, "seed": seed})
         write_policy_eval(layout, round_, "student", wins, seed, eval_source)
     return layout
+
+
+def rollout_turn(run: str, index: int, probability: float) -> dict:
+    """Turn `index` of `write_annotations`' episodes, its one-token response drawn at `probability`."""
+    return {
+        **turn_row(0, 0),
+        "run": run,
+        "round": 1,
+        "episode_id": f"train/game-{index // 3}#0",
+        "turn": index % 3,
+        "response_ids": [7],
+        "sampler_logprobs": [math.log(probability)],
+    }
 
 
 def write_policy_eval(layout: RunLayout, round_: int, policy: str, wins: dict[str, str], seed: int, source="mini"):
@@ -70,12 +95,14 @@ def runs_dir(tmp_path_factory) -> Path:
     opd = {0: ("1000", "1000"), 1: ("1000", "1000"), 2: ("1000", "1100"), 3: ("1000", "1100")}
     for seed, (first, second) in opd.items():
         rounds = {1: {"valid_seen": "1000", "valid_unseen": first}, 2: {"valid_seen": "0000", "valid_unseen": second}}
-        layout = write_seed(root, f"opd-s{seed}", seed, TRAINED["opd"], rounds)
+        # round 1's labels: strong in 3 of 6 turns for even seeds, in none for odd ones; the rollout drew the
+        # even seeds' skip turn at 1/2, weak ones at 1/4 and 3/4, strong ones at 1/8; every odd-seed turn at 3/4
+        labels = ["skip", "weak", "strong", "strong", "strong", "weak"] if seed % 2 == 0 else ["skip"] * 6
+        drawn = [0.5, 0.25, 0.125, 0.125, 0.125, 0.75] if seed % 2 == 0 else [0.75] * 6
+        layout = write_seed(root, f"opd-s{seed}", seed, TRAINED["opd"], rounds, sampler_probs=drawn)
         initial = {"valid_seen": "0000", "valid_unseen": "1000" if seed % 2 == 0 else "0000"}
         write_policy_eval(layout, 1, STUDENT, initial, seed)
         write_policy_eval(layout, 2, "teacher", {"valid_unseen": "1110" if seed == 2 else "1111"}, seed)
-        # round 1's labels: strong in 3 of 6 turns for even seeds, in none for odd ones
-        labels = ["skip", "weak", "strong", "strong", "strong", "weak"] if seed % 2 == 0 else ["skip"] * 6
         write_annotations(layout.stage_dir(1, "annotations"), layout.root.name, 1, labels)
     sage = {0: ("1000", "1100"), 1: ("1100", "1000"), 2: ("1110", "1110")}
     for seed, (first, second) in sage.items():
@@ -262,11 +289,39 @@ def test_task_types_action_rates_and_labels_across_seeds(report):
     assert opd["skip"] == f"58.3% ± {T3 * (5 / 6) / (2 * math.sqrt(3)) * 100:.1f} (4 seeds)"  # [1/6, 1, 1/6, 1]
     assert labels.loc[("opd", "round 1"), "turns per seed"] == "6"
     assert ("sage", "round 1") not in labels.index
+    probs = table(report, "Response probabilities per label, mean over seeds").loc[("opd", "round 1")]
+    # teacher: the product of write_annotations' token confidences, the same in every seed that has the label
+    assert probs["skip teacher_prob"] == "25.0% ± 0.0 (4 seeds)"  # 1/2 · 1/2
+    assert probs["weak teacher_prob"] == "18.8% ± 0.0 (2 seeds)"  # 1/4 · 3/4; odd seeds have no weak turn
+    assert probs["strong teacher_prob"] == "6.2% ± 0.0 (2 seeds)"  # 1/4 · 1/4
+    # sampler: skip [1/2, 3/4, 1/2, 3/4] alternates, d = 1/4; weak (1/4 + 3/4) / 2 in both even seeds
+    assert probs["skip sampler_prob"] == f"62.5% ± {T3 * 0.25 / (2 * math.sqrt(3)) * 100:.1f} (4 seeds)"
+    assert probs["weak sampler_prob"] == "50.0% ± 0.0 (2 seeds)"
+    assert probs["strong sampler_prob"] == "12.5% ± 0.0 (2 seeds)"
+
+
+def test_gain_over_the_initial_student_is_paired_by_seed(report):
+    gains = table(report, "Gain over the initial student, mean over seeds")
+    column = "round − initial student (95% CI, paired t over seeds)"
+    # opd valid_unseen, initial [1/4, 0, 1/4, 0]: round 1 [1/4]*4 gains [0, 1/4, 0, 1/4], alternating, d = 1/4
+    assert (
+        gains.loc[("opd", "mini · valid_unseen", "round 1"), column]
+        == f"+12.5 pts ± {T3 * 25 / (2 * math.sqrt(3)):.1f}"
+    )
+    # round 2 [1/4, 1/4, 1/2, 1/2] gains [0, 1/4, 1/4, 1/2]: mean 1/4, sd √((1/16 + 0 + 0 + 1/16) / 3)
+    assert (
+        gains.loc[("opd", "mini · valid_unseen", "round 2"), column]
+        == f"+25.0 pts ± {T3 * math.sqrt(1 / 24) / 2 * 100:.1f}"
+    )
+    assert gains.loc[("opd", "mini · valid_unseen", "round 2"), "seeds"] == "4 × 4 ep"
+    assert gains.loc[("opd", "mini · valid_seen", "round 2"), column] == "+0.0 pts ± 0.0"  # 0% before and after
+    assert "sage" not in gains.index.get_level_values("group")  # no initial student evaluated: nothing to pair with
 
 
 def test_headline_figures_and_page_of_a_seeded_report(report):
     assert [t.title for t in report.headline] == [
         "Success per round, mean over seeds (95% CI, t over seeds)",
+        "Gain over the initial student, mean over seeds",
         "Difference to opd, mean over seeds",
     ]
     figures = {figure.path.name: figure for figure in report.figures}

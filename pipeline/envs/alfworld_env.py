@@ -145,9 +145,9 @@ def next_last(commands: list[str], receptacles: list[str]) -> list[str]:
 
     Why: a tiny model trained from scratch does not learn to find the first `go to` of a list at a
     varying distance from its answer (it names a receptacle typical of the room instead); one a fixed
-    few tokens back it copies. Probed on the mini benchmark (README; one run each, 1,080 steps on the same
-    8,640 sweep-labelled states): the tiny teacher's next action on valid_unseen states went from 45% to
-    58% with the states' prompts relisted this way."""
+    few tokens back it copies. Probed on the mini benchmark (docs/mini-benchmark-history.md; one run each,
+    1,080 steps on the same 8,640 sweep-labelled states): the tiny teacher's next action on valid_unseen
+    states went from 45% to 58% with the states' prompts relisted this way."""
     toured = tour_from_here(commands, receptacles)
     go_tos = [cmd for cmd in toured if cmd.startswith(GO_TO)]
     return [cmd for cmd in toured if not cmd.startswith(GO_TO)] + go_tos[::-1]

@@ -26,7 +26,7 @@ longer (mean 11.1 steps against 8.9 on the mini benchmark's training games), and
 table: its `go to` is the next receptacle of the tour that is not of the parent class (the first such
 on screen with `from_here`, the last with `next_last`). It
 separates the two things a model must learn, the table and copying a name from the list; on the mini
-benchmark the tiny teacher fails at the copying either way (README).
+benchmark the tiny teacher fails at the copying either way (docs/mini-benchmark-history.md).
 """
 
 from __future__ import annotations

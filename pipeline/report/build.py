@@ -44,12 +44,14 @@ from pipeline.report.plotting import FigureFile
 from pipeline.report.seed_tables import (
     difference_table,
     eval_set_notes,
+    gain_table,
     group_actions_table,
     group_labels_table,
+    group_response_table,
     group_success_table,
     group_task_type_table,
 )
-from pipeline.report.seeds import label_cells, seed_cells
+from pipeline.report.seeds import gain_cells, label_cells, seed_cells
 from pipeline.report.tables import Table, round_log_table, success_table, task_type_table
 
 PAGE_FILE = "report.md"
@@ -86,11 +88,13 @@ def write_report(
     headline, details = per_run, []
     if cells is not None:
         headline = [group_success_table(cells, groups)]
+        gains = gain_cells(metrics, groups)
+        headline += [] if gains.empty else [gain_table(gains, cells, groups)]
         if base is not None:
             headline.append(difference_table(cells, groups, base))
         labels = label_cells(runs, groups)
         details = [group_task_type_table(cells, groups), group_actions_table(cells, groups)]
-        details += [] if labels.empty else [group_labels_table(labels, groups)]
+        details += [] if labels.empty else [group_labels_table(labels, groups), group_response_table(labels, groups)]
         details += per_run
         notes = group_notes(groups) + eval_set_notes(cells) + notes
     tables = [*headline, *details, task_type_table(metrics, runs), round_log_table(runs)]

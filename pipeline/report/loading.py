@@ -14,6 +14,7 @@ row the data source and settings of the eval that played it, so that no number p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,11 @@ from pipeline.train import read_record
 
 REFERENCE_POLICIES = ("teacher", "expert")
 INITIAL_ROUND = 0  # the student before any training; `round` evaluates it inside round 1
-ANNOTATION_COLUMNS = ["episode_id", "turn", "label", "confidence"]
+ANNOTATION_COLUMNS = ["episode_id", "turn", "label", "confidence", "teacher_logprobs"]
+RESPONSE_PROBABILITIES = ["teacher_prob", "sampler_prob"]  # what an annotation row brings instead of its log-probs
+ANNOTATION_FRAME = ["round", "episode_id", "turn", "label", "confidence", *RESPONSE_PROBABILITIES]
 EVAL_COLUMNS = [*EVAL_SCHEMA.names, "source", "protocol"]
+TURN_COLUMNS = ["episode_id", "turn", "sampler_logprobs"]
 PER_RUN = ("run", "round", "seed")  # config keys that differ between the seeds of one configuration
 
 
@@ -44,7 +48,9 @@ class RunData:
     `evals`: eval episode rows (the eval schema) where `round` is the round whose student played
     (0 = the initial student) and `policy` is student | teacher | expert; a reference policy keeps the
     round folder it was found in. `annotations`: one row per annotated turn (round, episode_id, turn,
-    label, per-token confidence). `training`: one row per logged optimizer step (round, step, loss and
+    label, per-token confidence, and the probability of the turn's whole response under the teacher,
+    `teacher_prob`, and under the sampler that drew it in the rollout, `sampler_prob`: NaN where the
+    rollout's turns cannot be read). `training`: one row per logged optimizer step (round, step, loss and
     the trainer's other logged numbers). `trained_turns`: turns trained on, per round. `log`: the
     rounds.jsonl line of each finished round. Each eval row also carries `source` (data.source of its
     eval, "" when unrecorded) and `protocol` (a fingerprint of that eval's other settings). `settings`:
@@ -98,7 +104,9 @@ def load_run(layout: RunLayout, annotations: str = "annotations") -> RunData:
         folder = layout.stage_dir(round_, annotations)
         labelled = _read_or_note(folder, "annotations", notes, ANNOTATION_COLUMNS)
         if labelled is not None:
-            annotated.append(_known_labels(labelled, folder, notes).assign(round=round_))
+            turns = _read_or_note(layout.stage_dir(round_, "turns"), "turns", notes, TURN_COLUMNS)
+            known = _known_labels(labelled, folder, notes)
+            annotated.append(_with_response_probabilities(known, turns).assign(round=round_))
         record = read_record(layout.stage_dir(round_, "checkpoint"))
         if record is not None:
             trained_turns[round_] = record["stats"]["turns"]
@@ -114,7 +122,7 @@ def load_run(layout: RunLayout, annotations: str = "annotations") -> RunData:
         rounds=rounds,
         log=log,
         evals=_concat([frame.assign(run=name) for frame in evals if frame is not None], EVAL_COLUMNS),
-        annotations=_concat(annotated, ["round", *ANNOTATION_COLUMNS]),
+        annotations=_concat(annotated, ANNOTATION_FRAME),
         training=_concat([pd.DataFrame(steps)] if steps else [], ["round", "step", "loss"]),
         trained_turns=trained_turns,
         notes=notes,
@@ -215,6 +223,28 @@ def _known_labels(rows: pd.DataFrame, folder: Path, notes: list[str]) -> pd.Data
             f"(expected {', '.join(LABELS)})"
         )
     return rows[known]
+
+
+def _with_response_probabilities(annotations: pd.DataFrame, turns: pd.DataFrame | None) -> pd.DataFrame:
+    """The annotation rows with `teacher_prob` and `sampler_prob` in place of the teacher's per-token log-probs.
+
+    A response's probability is the product over its tokens. Set side by side per label they show what a
+    label meant in the data: a turn the judge skips because the teacher agrees with the student should
+    have both high; one it marks weak, a student that was sure of what the teacher would not do.
+    """
+    probs = annotations.drop(columns="teacher_logprobs").assign(
+        teacher_prob=[_response_probability(logprobs) for logprobs in annotations["teacher_logprobs"]]
+    )
+    if turns is None:
+        return probs.assign(sampler_prob=float("nan"))
+    sampler = turns[["episode_id", "turn"]].assign(
+        sampler_prob=[_response_probability(logprobs) for logprobs in turns["sampler_logprobs"]]
+    )
+    return probs.merge(sampler, on=["episode_id", "turn"], how="left")
+
+
+def _response_probability(logprobs: Sequence[float]) -> float:
+    return math.exp(sum(logprobs))
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

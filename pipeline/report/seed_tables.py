@@ -20,7 +20,7 @@ from pipeline.report.groups import Group
 from pipeline.report.loading import INITIAL_ROUND, REFERENCE_POLICIES
 from pipeline.report.metrics import ACTION_RATES, ALL_TASKS, split_order
 from pipeline.report.plotting import count_range
-from pipeline.report.seeds import MEASUREMENT
+from pipeline.report.seeds import MEASUREMENT, PROBABILITY_CELLS
 from pipeline.report.stats import (
     CI_KIND,
     DIFFERENCE_KIND,
@@ -31,6 +31,7 @@ from pipeline.report.stats import (
 )
 from pipeline.report.tables import MISSING, NOT_EVALUATED, Table, pct, row_label
 
+PAIRED_KIND = "95% CI, paired t over seeds"
 PLUS_MINUS = f"± = half-width of the {CI_KIND}, in percentage points, over each seed's own rate"
 
 
@@ -95,6 +96,23 @@ def group_success_table(cells: pd.DataFrame, groups: Sequence[Group]) -> Table:
     return Table(f"Success per round, mean over seeds ({CI_KIND})", frame, notes)
 
 
+def gain_table(gains: pd.DataFrame, cells: pd.DataFrame, groups: Sequence[Group]) -> Table:
+    """Each group's trained rounds against its own initial student, seed by seed (the acceptance question:
+    does distillation beat the student it started from, with an interval that excludes 0)."""
+    labels = measurement_labels(cells)
+    records, index = [], []
+    for group in groups:
+        for _, cell in gains[gains["group"] == group.name].iterrows():
+            index.append((group.name, labels[(group.name, *cell[MEASUREMENT])], row_label("student", cell["round"])))
+            records.append([_points(mean_interval(cell["gains"])), f"{len(cell['gains'])} × {cell['episodes']} ep"])
+    frame = _frame(records, index, ["group", "split", "round"], [f"round − initial student ({PAIRED_KIND})", "seeds"])
+    notes = [
+        f"Per seed, the round's success minus that run's initial student's on the same eval set, in percentage "
+        f"points; ± = half-width of the {PAIRED_KIND} of those differences (needs two seeds)."
+    ]
+    return Table("Gain over the initial student, mean over seeds", frame, notes)
+
+
 def group_task_type_table(cells: pd.DataFrame, groups: Sequence[Group]) -> Table:
     """Per group, measurement and row: success per task type, with the episodes of that type per seed."""
     columns = [*TASK_TYPES, ALL_TASKS]
@@ -144,6 +162,24 @@ def group_labels_table(labels: pd.DataFrame, groups: Sequence[Group]) -> Table:
     frame = _frame(records, index, ["group", "round"], [*LABELS, "turns per seed"])
     notes = [f"Share of the round's annotated rollout turns with each label; {PLUS_MINUS}."]
     return Table(f"Teacher labels per round, mean over seeds ({CI_KIND})", frame, notes)
+
+
+def group_response_table(labels: pd.DataFrame, groups: Sequence[Group]) -> Table:
+    """What each label meant in the data: the rolled-out response's probability under the teacher and under
+    the sampler that drew it, per label and round, per group. Why a method that skips turns wins or loses is
+    in these numbers: which turns it dropped, and how sure teacher and student were there."""
+    records, index = [], []
+    for group in groups:
+        for _, cell in labels[labels["group"] == group.name].iterrows():
+            index.append((group.name, row_label("student", cell["round"])))
+            records.append([rate_text(cell[column]) for column in PROBABILITY_CELLS])
+    frame = _frame(records, index, ["group", "round"], PROBABILITY_CELLS)
+    notes = [
+        "Mean over a label's turns of the response's probability (the product over its tokens): `teacher_prob` "
+        "under the teacher at annotation, `sampler_prob` under the distribution the rollout drew it from "
+        f"(restricted to the admissible actions where the rollout was); {PLUS_MINUS}.",
+    ]
+    return Table(f"Response probabilities per label, mean over seeds ({CI_KIND})", frame, notes)
 
 
 def difference_table(cells: pd.DataFrame, groups: Sequence[Group], baseline: Group) -> Table:

@@ -176,8 +176,9 @@ def group_response_table(labels: pd.DataFrame, groups: Sequence[Group]) -> Table
     frame = _frame(records, index, ["group", "round"], PROBABILITY_CELLS)
     notes = [
         "Mean over a label's turns of the response's probability (the product over its tokens): `teacher_prob` "
-        "under the teacher at annotation, `sampler_prob` under the distribution the rollout drew it from "
-        f"(restricted to the admissible actions where the rollout was); {PLUS_MINUS}.",
+        "under the teacher's full distribution at annotation (never restricted), `sampler_prob` under the "
+        "distribution the rollout drew it from (restricted to the admissible actions where the rollout was); "
+        f"{PLUS_MINUS}.",
     ]
     return Table(f"Response probabilities per label, mean over seeds ({CI_KIND})", frame, notes)
 

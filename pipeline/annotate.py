@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.backends.factory import Teacher, load_teacher, stage_backend
+from pipeline.backends.factory import Teacher, backend_provenance, load_teacher, stage_backend
 from pipeline.backends.hf import load_tokenizer
 from pipeline.checkpoints import check_model_dir, model_fingerprint
 from pipeline.config import Config
@@ -159,6 +159,7 @@ def run_annotate(
             },
             inputs={"turns": stage_fingerprint(turns_dir, "turns"), "teacher": teacher_content},
             models={"teacher": config.models.teacher, "student_tokenizer": student_path},
+            provenance=backend_provenance(config),
         )
         mine = [i for i in range(num_parts) if sharding.owns(i)]
         todo = writer.pending(mine)

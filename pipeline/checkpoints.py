@@ -18,6 +18,7 @@ from pipeline.errors import StorageError, UserError
 from pipeline.hashing import fingerprint, sha256_file
 
 RECORD_FILE = "_train.json"
+TRAIN_LOG = "train_log.jsonl"  # the trainer's logged steps, one JSON object per line, beside the record
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
 
@@ -42,6 +43,18 @@ def read_record(directory: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict):
         raise StorageError(f"{path} is not a sage-opd training record: rerun `sage-opd train` with --force")
     return record
+
+
+def read_train_log(directory: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The checkpoint's logged steps (every entry of the trainer's log history, in order). Checkpoints
+    trained before the log had a file of its own kept it in the record, as `log_history`."""
+    path = Path(directory) / TRAIN_LOG
+    if not path.is_file():
+        return list(record.get("log_history", []))
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StorageError(f"cannot read {path} ({err}): rerun `sage-opd train` with --force") from None
 
 
 def verified_record(directory: Path, round_: int) -> dict[str, Any]:

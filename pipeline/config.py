@@ -272,6 +272,25 @@ CONFIDENCE_MODES = ("token", "turn", "none")
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters through `peft` (r = 0: every weight trains). The round's checkpoint is the merged model."""
+
+    r: int = _help("Adapter rank; 0 = no adapters, full fine-tuning.", default=0)
+    alpha: float = _help("LoRA scaling numerator: the update is scaled by alpha / r.", default=16.0)
+    dropout: float = _help("Dropout on the adapter's input.", default=0.0)
+    target_modules: list[str] = _help(
+        "Module names to adapt (e.g. [q_proj, v_proj]); [all-linear]: every linear layer but the output head.",
+        default_factory=lambda: ["all-linear"],
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 0, f"r must be 0 (no adapters) or more, not {self.r}.")
+        _check(self.alpha > 0, f"alpha must be positive, not {self.alpha}.")
+        _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), not {self.dropout}.")
+        _check(bool(self.target_modules), "target_modules must name at least one module (or all-linear).")
+
+
+@dataclass
 class TrainConfig:
     """Training the student on a round's turns and annotations (DESIGN §1 steps 4–6).
 
@@ -301,10 +320,35 @@ class TrainConfig:
     per_device_batch_size: int = _help("Turns per micro-batch.", default=8)
     gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
     max_grad_norm: float = _help("Gradient clipping norm (0 = no clipping).", default=1.0)
-    warmup_ratio: float = _help("Linear warm-up share of the steps.", default=0.0)
+    warmup_steps: float = _help(
+        "Linear warm-up, as transformers reads it: a whole number of optimizer steps (1 or more), or a share "
+        "of all steps in [0, 1).",
+        default=0.0,
+    )
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
     logging_steps: int = _help("Log every this many optimizer steps.", default=1)
+    save_steps: int = _help(
+        "Save the trainer's state (weights, optimizer, scheduler, RNG) inside the round every this many optimizer "
+        "steps, so that a killed train resumes from the last one instead of step 0; 0 = never.",
+        default=0,
+    )
+    gradient_checkpointing: bool | None = _help(
+        "Recompute activations in the backward pass (less memory, ~30% more compute); unset: on with CUDA.",
+        default=None,
+    )
+    report_to: list[str] = _help(
+        "Trackers that get every logged step, as TRL names them (tensorboard, wandb, trackio, mlflow, ...); "
+        "their files go to round-NNN/logs/. The steps are also kept in the checkpoint's train_log.jsonl.",
+        default_factory=list,
+    )
+    trainer_args: dict[str, Any] = _help(
+        "Any other setting of TRL's `SFTConfig` (e.g. lr_scheduler_type: cosine, optim: adamw_torch_fused), "
+        "passed through and checked by it; the settings above and those the loss's exactness rests on are "
+        "refused here.",
+        default_factory=dict,
+    )
     annotations: str = _help("Annotation folder of the round to train on (sft needs none).", default="annotations")
+    peft: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
         _check(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}.")
@@ -326,9 +370,54 @@ class TrainConfig:
             f"gradient_accumulation_steps must be at least 1, not {self.gradient_accumulation_steps}.",
         )
         _check(self.logging_steps >= 1, f"logging_steps must be at least 1, not {self.logging_steps}.")
-        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), not {self.warmup_ratio}.")
+        _check(self.save_steps >= 0, f"save_steps must be 0 (never) or more, not {self.save_steps}.")
+        _check(
+            0 <= self.warmup_steps < 1 or self.warmup_steps == int(self.warmup_steps),
+            f"warmup_steps must be a whole number of steps or a share in [0, 1), not {self.warmup_steps}.",
+        )
         _check(self.max_grad_norm >= 0, f"max_grad_norm must be 0 (no clipping) or more, not {self.max_grad_norm}.")
         _check(self.weight_decay >= 0, f"weight_decay must be 0 or more, not {self.weight_decay}.")
+        for key in self.trainer_args:
+            _check(
+                key not in RESERVED_TRAINER_ARGS,
+                f"trainer_args.{key} is set by sage-opd: {RESERVED_TRAINER_ARGS.get(key, '')}",
+            )
+
+
+# `SFTConfig` settings that `trainer_args` may not hold: those a `train` field sets, and those the exact
+# normalization and the checkpoint's atomic swap rest on (pipeline/trainer.py).
+RESERVED_TRAINER_ARGS = {
+    **{
+        name: f"set train.{ours} instead."
+        for name, ours in (
+            ("per_device_train_batch_size", "per_device_batch_size"),
+            ("gradient_accumulation_steps", "gradient_accumulation_steps"),
+            ("learning_rate", "learning_rate"),
+            ("num_train_epochs", "epochs"),
+            ("max_grad_norm", "max_grad_norm"),
+            ("warmup_steps", "warmup_steps"),
+            ("warmup_ratio", "warmup_steps"),
+            ("weight_decay", "weight_decay"),
+            ("logging_steps", "logging_steps"),
+            ("save_steps", "save_steps"),
+            ("save_strategy", "save_steps"),
+            ("gradient_checkpointing", "gradient_checkpointing"),
+            ("activation_checkpointing", "gradient_checkpointing"),
+        )
+    },
+    "seed": "set the run's seed instead.",
+    "output_dir": "the checkpoint goes into the round folder.",
+    "save_total_limit": "the last two saved states are kept, until the round's checkpoint is whole.",
+    "resume_from_checkpoint": "a killed train resumes by itself from its last saved state (train.save_steps).",
+    "report_to": "set train.report_to instead.",
+    "remove_unused_columns": "the loss reads columns the model does not take.",
+    "max_length": "turns are never truncated: a cut response would misalign its annotations.",
+    "dataset_kwargs": "the examples are built by sage-opd.",
+    "dataloader_drop_last": "every turn is trained on.",
+    "use_cpu": "the trainer uses CUDA when present.",
+    "bf16": "bf16 autocast is on exactly when CUDA is used.",
+    "fp16": "bf16 autocast is on exactly when CUDA is used.",
+}
 
 
 @dataclass
@@ -549,6 +638,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is list:
         items = value if isinstance(value, list) else [value]
         return [_coerce(args[0], item, key) for item in items]
+    if origin is dict:  # passed through as given (trainer_args): its receiver checks the values
+        if not isinstance(value, dict) or not all(isinstance(name, str) for name in value):
+            raise UserError(f"config key {key!r} must be a mapping of settings, got {json.dumps(value, default=str)}")
+        return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from pipeline.atomic import write_json
-from pipeline.backends.factory import load_generator, stage_backend
+from pipeline.backends.factory import backend_provenance, load_generator, stage_backend
 from pipeline.backends.hf import load_tokenizer
 from pipeline.checkpoints import model_fingerprint
 from pipeline.config import ENGINE_SETTINGS, Config, PlayConfig
@@ -33,6 +33,7 @@ from pipeline.evaluation import eval_row, summarize, turn_rows
 from pipeline.hashing import fingerprint, sha256_file
 from pipeline.locks import writer_lock
 from pipeline.policies import ExpertPolicy, LMPolicy, Policy
+from pipeline.provenance import provenance
 from pipeline.runs import ResolvedPolicy, RunLayout, eval_dir_name, resolve_policy
 from pipeline.shards import StageWriter, read_stage
 
@@ -203,6 +204,7 @@ def _run_play(
                 "tokenizer": tokenizer,
                 "data_root": str(data_root),
             },
+            provenance=backend_provenance(config) if policy.model else provenance(),
         )
         mine = [i for i in range(len(parts)) if sharding.owns(i)]
         todo = writer.pending(mine)

@@ -6,8 +6,9 @@ where it stopped; the round counts as done once its line is in `rounds.jsonl`. R
 evaluates the initial student, the baseline every later round is compared with.
 
 The line describes the finished stages, not the process that wrote it: labels are counted in the
-annotations, seconds are summed over the parts' manifests (and the training record), so a round that
-took three processes to finish reads the same as one that ran straight through.
+annotations, seconds are summed over the parts' manifests (and the training record), and `provenance`
+holds each stage's own record (commit, dirty flag, processes, device, dtype), so a round that took
+three processes to finish reads the same as one that ran straight through.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pipeline.play import run_eval, run_rollout
 from pipeline.runs import ROUNDS_FILE, RunLayout, next_round, recorded_rounds
 from pipeline.shards import read_manifest, read_stage
 from pipeline.train import run_train
+from pipeline.trainer_args import check_trainer_settings
 
 
 def append_round(layout: RunLayout, entry: dict[str, Any]) -> None:
@@ -51,6 +53,7 @@ def run_round(config: Config, progress_for=None, force: bool = False) -> dict[st
     `progress_for(stage, round)` may return a progress sink for a stage (the CLI's bars). `force` redoes
     every stage of the round from scratch.
     """
+    check_trainer_settings(config.train)  # before the rollout, not after it
     layout = RunLayout.of(config)
     round_ = next_round(layout)
 
@@ -59,15 +62,19 @@ def run_round(config: Config, progress_for=None, force: bool = False) -> dict[st
 
     rollout = run_rollout(config, round_, force=force, progress=bar("rollout"))
     seconds = {"rollout": stage_seconds(rollout.directory, "turns")}
+    made_by = {"rollout": stage_provenance(rollout.directory, "turns")}
     labels = None
     if config.train.loss != "sft":
         annotate = run_annotate(config, round_, force=force, progress=bar("annotate"))
         seconds["annotate"] = stage_seconds(annotate.directory, "annotations")
+        made_by["annotate"] = stage_provenance(annotate.directory, "annotations")
         labels = label_counts(annotate.directory)
     train = run_train(config, round_, force)
     seconds["train"] = round(train.seconds, 2)
+    made_by["train"] = train.provenance
     evaluation = run_eval(config, round_, force=force, progress=bar("eval"))
     seconds["eval"] = stage_seconds(evaluation.directory, "eval")
+    made_by["eval"] = stage_provenance(evaluation.directory, "eval")
     entry: dict[str, Any] = {
         "round": round_,
         "student_success": success(evaluation.summary),
@@ -77,11 +84,13 @@ def run_round(config: Config, progress_for=None, force: bool = False) -> dict[st
         "train_loss": train.mean_loss,
         "train_steps": train.steps,
         "seconds": seconds,
+        "provenance": made_by,
     }
     if round_ == 1:
         initial = replace(config, eval=replace(config.eval, policy=config.models.student))
         baseline = run_eval(initial, round_, force=force, progress=bar("eval-initial"))
         seconds["eval-initial"] = stage_seconds(baseline.directory, "eval")
+        made_by["eval-initial"] = stage_provenance(baseline.directory, "eval")
         entry["initial_success"] = success(baseline.summary)
         entry["initial_success_by_split"] = success_by_split(baseline.summary)
     append_round(layout, entry)
@@ -92,6 +101,11 @@ def stage_seconds(directory: Path, stage: str) -> float:
     """Seconds spent on a stage's parts, whichever processes wrote them (each part records its own)."""
     parts = read_manifest(directory, stage)["parts"].values()
     return round(sum(entry.get("seconds") or 0.0 for entry in parts), 2)
+
+
+def stage_provenance(directory: Path, stage: str) -> dict[str, Any] | None:
+    """The code and device that made a stage (its manifest's record; None for one written before records)."""
+    return read_manifest(directory, stage).get("provenance")
 
 
 def label_counts(directory: Path) -> dict[str, int]:

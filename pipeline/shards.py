@@ -30,6 +30,7 @@ from pipeline import __version__
 from pipeline.atomic import atomic_path, write_json
 from pipeline.errors import StorageError, UserError
 from pipeline.hashing import as_json, fingerprint, sha256_bytes, sha256_file
+from pipeline.provenance import provenance as code_provenance
 from pipeline.schema import SCHEMA_VERSION, build_table, schema_for
 
 MANIFEST_NAME = "_manifest.json"
@@ -80,6 +81,7 @@ class StageWriter:
         models: Mapping[str, Any],
         num_parts: int,
         force: bool = False,
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
         schema_for(stage)
         if not 1 <= num_parts <= _MAX_PARTS:
@@ -88,7 +90,9 @@ class StageWriter:
         self.stage = stage
         self.num_parts = num_parts
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._fresh = _new_manifest(stage, config, inputs, models, num_parts)
+        # Parts may be written by other processes, even other commits: each part records its writer's.
+        self.provenance = dict(provenance) if provenance is not None else code_provenance()
+        self._fresh = _new_manifest(stage, config, inputs, models, num_parts, self.provenance)
         with _locked(self.directory, exclusive=True):
             if force:
                 _clear(self.directory)
@@ -132,6 +136,7 @@ class StageWriter:
                         "sha256": sha256_file(tmp),
                         "bytes": tmp.stat().st_size,
                         "seconds": seconds,
+                        "provenance": self.provenance,
                     }
                     # Held from before the rename until the manifest lists the part, so a locked reader
                     # never sees a renamed part that the manifest does not yet know.
@@ -321,6 +326,7 @@ def _new_manifest(
     inputs: Mapping[str, Any],
     models: Mapping[str, Any],
     num_parts: int,
+    provenance: Mapping[str, Any],
 ) -> dict[str, Any]:
     now = _now()
     return {
@@ -338,6 +344,7 @@ def _new_manifest(
         "updated": now,
         "finished": None,
         "versions": _versions(),
+        "provenance": dict(provenance),
     }
 
 

@@ -1,17 +1,20 @@
 """The train stage: the round's turns and annotations update the student into `round-NNN/checkpoint/`.
 
-The trainer saves into a staging folder beside the checkpoint; `_train.json` goes into that folder
-with what produced it (settings, the content hashes of the student and of the turns and annotations,
-the trainer's log) and the sha256 of every file; only then is the staging folder swapped in for
-`checkpoint/`. So a checkpoint is never seen without its record, and a kill at any moment leaves the
-old checkpoint or the new one, whole. A rerun with the same inputs skips training once the files
-match their hashes; other settings or inputs are refused until `--force`. One process trains a
-round at a time (a writer lock beside the folder); what a killed one left behind (staging folders,
-trainer scratch) is removed when the next one starts.
+The trainer saves into a staging folder beside the checkpoint; the trainer's logged steps go into that
+folder as `train_log.jsonl`, then `_train.json` with what produced it (settings, the content hashes of
+the student and of the turns and annotations, the code and device) and the sha256 of every other file;
+only then is the staging folder swapped in for `checkpoint/`. So a checkpoint is never seen without its
+record, and a kill at any moment leaves the old checkpoint or the new one, whole. A rerun with the same
+inputs skips training once the files match their hashes; other settings or inputs are refused until
+`--force`. One process trains a round at a time (a writer lock beside the folder); what a killed one
+left behind (staging folders, trainer scratch) is removed when the next one starts. With
+`train.save_steps` the trainer's state is saved in the round as it goes (`.train-states/`), and a train
+killed midway resumes from the last saved step, if it has the same settings and inputs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,8 +27,15 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.atomic import swap_dir, write_json
-from pipeline.checkpoints import RECORD_FILE, file_hashes, model_fingerprint, read_record, verified_record
+from pipeline.atomic import swap_dir, write_json, write_text
+from pipeline.checkpoints import (
+    RECORD_FILE,
+    TRAIN_LOG,
+    file_hashes,
+    model_fingerprint,
+    read_record,
+    verified_record,
+)
 from pipeline.config import Config
 from pipeline.episodes import derive_seed
 from pipeline.errors import StorageError, UserError
@@ -36,12 +46,16 @@ from pipeline.runs import RunLayout
 from pipeline.shards import read_manifest, read_stage, stage_fingerprint
 from pipeline.train_data import build_examples
 from pipeline.trainer import train_student
+from pipeline.trainer_args import check_trainer_settings
 
 __all__ = ["RECORD_FILE", "TrainResult", "read_record", "run_train"]
 
 _STAGED = ".checkpoint.staged.tmp"  # the next checkpoint, with its record, before it is swapped in
 _SCRATCH = ".checkpoint.scratch.tmp"  # the trainer's temporary files (its output_dir), inside the run
 _LEFTOVERS = ".*checkpoint*.tmp"  # what a killed train leaves in the round folder (atomic_dir's names too)
+_SAVED_STATES = ".train-states"  # the trainer's saved states while a round trains (train.save_steps)
+_SAVES_STAMP = "setup.fingerprint"  # which training saved them
+TRACKER_DIR = "logs"  # where `train.report_to`'s trackers write in the round (TensorBoard events, W&B files)
 
 
 @dataclass
@@ -52,9 +66,11 @@ class TrainResult:
     mean_loss: float | None = None
     seconds: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] | None = None  # None for a checkpoint trained before provenance was recorded
 
 
 def run_train(config: Config, round_: int, force: bool = False) -> TrainResult:
+    check_trainer_settings(config.train)
     layout = RunLayout.of(config)
     directory = layout.stage_dir(round_, "checkpoint")
     # Under torchrun every rank runs this; rank 0 alone writes the checkpoint, so it alone holds the lock.
@@ -103,7 +119,15 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
     if directory.exists() and not force:
         done = verified_record(directory, round_)
         if done.get("fingerprint") == fingerprint(setup):
-            return TrainResult(directory, False, done["steps"], done["mean_loss"], done["seconds"], done["stats"])
+            return TrainResult(
+                directory,
+                False,
+                done["steps"],
+                done["mean_loss"],
+                done["seconds"],
+                done["stats"],
+                done.get("provenance"),
+            )
         raise UserError(
             f"{directory} was trained with other settings or inputs: rerun `sage-opd train` with --force to redo it"
         )
@@ -116,6 +140,11 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
         seed=derive_seed(config.seed, round_, "train"),
     )
     staged = directory.parent / _STAGED
+    saves = directory.parent / _SAVED_STATES
+    if writer:
+        if force:
+            shutil.rmtree(saves, ignore_errors=True)
+        _keep_saves_only_for(saves, {**setup, "world_size": world} if settings.save_steps else None)
     with _scratch_tempdir(directory.parent / _SCRATCH) if writer else nullcontext():
         summary = train_student(
             student,
@@ -126,6 +155,8 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
             seed=config.seed,
             threads=config.runtime.threads or None,
             sampler_is_policy=on_policy,
+            logging_dir=layout.round_dir(round_) / TRACKER_DIR,
+            state_dir=saves,
         )
     losses = [entry["loss"] for entry in summary.log_history if "loss" in entry]
     mean_loss = sum(losses) / len(losses) if losses else None
@@ -139,13 +170,17 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
             "mean_loss": mean_loss,
             "seconds": summary.seconds,
             "stats": stats,
-            "log_history": summary.log_history,
-            "files": file_hashes(staged),
+            "provenance": summary.provenance,
+            "resumed_from_step": summary.resumed_from_step,
         }
-        write_json(staged / RECORD_FILE, record)
+        write_text(
+            staged / TRAIN_LOG, "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in summary.log_history)
+        )
+        write_json(staged / RECORD_FILE, {**record, "files": file_hashes(staged)})
         swap_dir(staged, directory)
         shutil.rmtree(staged, ignore_errors=True)  # the checkpoint it replaced, if any
-    return TrainResult(directory, True, summary.steps, mean_loss, summary.seconds, stats)
+        shutil.rmtree(saves, ignore_errors=True)  # the checkpoint is whole: nothing to resume any more
+    return TrainResult(directory, True, summary.steps, mean_loss, summary.seconds, stats, summary.provenance)
 
 
 def _check_labels(directory: Path, annotations) -> None:
@@ -159,6 +194,19 @@ def _check_labels(directory: Path, annotations) -> None:
                 f"annotations shard {part} holds label {sorted(unknown)[0]!r} (expected one of "
                 f"{', '.join(LABEL_NAMES)}): rerun `sage-opd annotate` with --force"
             )
+
+
+def _keep_saves_only_for(saves: Path, setup: dict[str, Any] | None) -> None:
+    """Keep the trainer states saved in `saves` only if they were saved by this very training (same settings,
+    inputs and number of processes): resuming another one's would mix two trainings. `setup` None (this one
+    saves nothing) clears them."""
+    stamp = saves / _SAVES_STAMP
+    if setup is not None and stamp.is_file() and stamp.read_text(encoding="utf-8") == fingerprint(setup):
+        return
+    shutil.rmtree(saves, ignore_errors=True)
+    if setup is not None:
+        saves.mkdir(parents=True)
+        write_text(stamp, fingerprint(setup))
 
 
 def _remove_leftovers(round_dir: Path) -> None:

@@ -30,6 +30,22 @@ def world_batch_size(cfg: TrainConfig, num_processes: int = 1) -> int:
     return cfg.per_device_batch_size * cfg.gradient_accumulation_steps * num_processes
 
 
+def with_fillers(examples: list[dict[str, Any]], world_batch: int) -> list[dict[str, Any]]:
+    """`examples` padded to a whole number of optimizer batches with filler rows that weigh 0 and count nowhere.
+
+    Under data parallelism every rank must get whole micro-batches: accelerate fills a short last step
+    with rows from the start of the data (`even_batches`), which carry their own weights and N and so
+    change the gradient. A filler is a copy of the last row (same length, same N) with zero weights and
+    `filler` set: its loss and gradient are 0, and the trainer's logs leave it out of every count.
+    """
+    short = -len(examples) % world_batch
+    if not short:
+        return examples
+    last = examples[-1]
+    filler = {**last, "weights": [0.0] * len(last["weights"]), "gain": 0.0, "batch_first": False, "filler": True}
+    return [*({**example, "filler": False} for example in examples), *(dict(filler) for _ in range(short))]
+
+
 def build_examples(
     turns: Sequence[dict[str, Any]],
     annotations: Sequence[dict[str, Any]] | None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ import datasets
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
-from trl import SFTConfig, SFTTrainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import SFTTrainer
 
 from pipeline import losses
 from pipeline.atomic import atomic_dir
@@ -38,11 +40,14 @@ from pipeline.backends.hf import load_causal_lm, load_tokenizer, require_model_d
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.progress import Progress, open_progress
-from pipeline.train_data import LABELS, UNLABELED, world_batch_size
+from pipeline.provenance import provenance
+from pipeline.train_data import LABELS, UNLABELED, with_fillers, world_batch_size
+from pipeline.trainer_args import sft_config, tracker_dirs
 
 LABEL_INDEX = {name: index for index, name in enumerate((*LABELS, UNLABELED))}
 _PER_TOKEN = ("weights", "sampler_logprobs", "teacher_logprobs", "policy_logprobs")
 _TOP_K = ("topk_ids", "topk_logprobs")
+SAVED_MARK = "sage-opd-whole"  # in a saved trainer state once all of it is written
 
 
 @dataclass
@@ -53,6 +58,8 @@ class TrainSummary:
     seconds: float
     log_history: list[dict[str, Any]] = field(default_factory=list)
     data_stats: dict[str, Any] = field(default_factory=dict)  # from build_examples
+    provenance: dict[str, Any] = field(default_factory=dict)  # code, processes, device, dtype (bf16 = autocast)
+    resumed_from_step: int | None = None  # the saved state this training went on from, if any
 
 
 class OPDCollator:
@@ -102,6 +109,7 @@ class OPDCollator:
         batch["label_index"] = torch.tensor([LABEL_INDEX[f["label"]] for f in features], dtype=torch.long)
         batch["batch_first"] = torch.tensor([bool(f["batch_first"]) for f in features])
         batch["batch_skipped"] = torch.tensor([bool(f["batch_skipped"]) for f in features])
+        batch["filler"] = torch.tensor([bool(f.get("filler")) for f in features])
         return batch
 
 
@@ -127,6 +135,26 @@ class StepProgress(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs and "loss" in logs:
             self.progress.advance(0, f"loss {logs['loss']:.4f}")
+
+
+class MarkSaved(TrainerCallback):
+    """Marks each saved trainer state as whole once the Trainer has written all of it (`on_save` comes after
+    the weights, optimizer, scheduler, RNG and trainer state): a kill during a save leaves a folder without
+    the mark, and resuming passes over it."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            (Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / SAVED_MARK).touch()
+
+
+def last_saved_state(folder: Path) -> Path | None:
+    """The newest trainer state in `folder` that `MarkSaved` marked whole; None when there is none."""
+    whole = [path for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if (path / SAVED_MARK).is_file()]
+    return max(whole, key=_saved_step, default=None)
+
+
+def _saved_step(state: Path) -> int:
+    return int(state.name.rpartition("-")[2])
 
 
 def quiet_console(trainer: SFTTrainer, label: str) -> Progress | None:
@@ -212,6 +240,7 @@ class SageOPDTrainer(SFTTrainer):
         cfg = self.train_config
         mask = inputs["response_mask"]
         maskf = mask.float()
+        counted = mask & ~inputs["filler"].unsqueeze(1)  # what the logs count: filler rows count nowhere
         outputs, logp = response_logprobs(model, inputs)
         logp_new = logp.gather(-1, inputs["response_ids"].unsqueeze(-1)).squeeze(-1) * maskf
         extra: dict[str, torch.Tensor] = {}
@@ -223,11 +252,11 @@ class SageOPDTrainer(SFTTrainer):
                 logp_new, old, inputs["teacher_logprobs"], cfg.clip_eps, logp_sampler=sampler if decoupled else None
             )
             ratio = torch.exp(logp_new.detach() - old)
-            extra["clipped"] = (((ratio - 1).abs() > cfg.clip_eps) & mask).sum()
+            extra["clipped"] = (((ratio - 1).abs() > cfg.clip_eps) & counted).sum()
         elif cfg.loss.startswith("topk_"):
             student_topk = logp.gather(-1, inputs["topk_ids"])
             per_token = losses.topk_divergence(student_topk, inputs["topk_logprobs"], cfg.loss[5:], cfg.beta)
-            extra["divergence"] = (per_token.detach() * maskf).sum()
+            extra["divergence"] = (per_token.detach() * counted).sum()
         else:
             per_token = losses.sft_loss(logp_new)
         per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
@@ -236,28 +265,32 @@ class SageOPDTrainer(SFTTrainer):
         # DDP averages the gradients over ranks, but N counts the tokens of all ranks.
         loss = loss * self.accelerator.num_processes
         if model.training:
-            self._accumulate(inputs, logp_new.detach(), extra)
+            self._accumulate(inputs, counted, logp_new.detach(), extra)
         return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
     def _accumulate(
-        self, inputs: dict[str, torch.Tensor], logp_new: torch.Tensor, extra: dict[str, torch.Tensor]
+        self,
+        inputs: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        logp_new: torch.Tensor,
+        extra: dict[str, torch.Tensor],
     ) -> None:
-        mask = inputs["response_mask"]
-        weights = inputs["weights"]
+        real = ~inputs["filler"]
+        weights = inputs["weights"]  # 0 on filler rows
         sums = {
             "tokens": mask.sum(),
             "weight": weights.sum(),
             "nonzero": ((weights != 0) & mask).sum(),
-            "rows": torch.tensor(mask.shape[0], device=mask.device),
-            "skipped_rows": (inputs["gain"] == 0).sum(),
+            "rows": real.sum(),
+            "skipped_rows": ((inputs["gain"] == 0) & real).sum(),
             "skipped_batches": (inputs["batch_first"] & inputs["batch_skipped"]).sum(),
             "nll": -(logp_new * mask).sum(),
             **extra,
         }
         if "teacher_logprobs" in inputs:
             sums["rkl_sampled"] = ((logp_new - inputs["teacher_logprobs"]) * mask).sum()
-        counts = torch.bincount(inputs["label_index"], minlength=len(LABEL_INDEX))
+        counts = torch.bincount(inputs["label_index"][real], minlength=len(LABEL_INDEX))
         for name, index in LABEL_INDEX.items():
             sums[f"label_{name}"] = counts[index]
         for key, value in sums.items():
@@ -306,6 +339,8 @@ def train_student(
     callbacks: list[Any] | None = None,
     bf16: bool | None = None,
     sampler_is_policy: bool = True,
+    logging_dir: Path | None = None,
+    state_dir: Path | None = None,
 ) -> TrainSummary:
     """Train the student at `model_path` on `examples` (from `build_examples`) and save it to `output_dir`.
 
@@ -314,6 +349,9 @@ def train_student(
     float32 master weights) defaults to on exactly when CUDA is used. `callbacks` go to the Trainer.
     `sampler_is_policy=False` (the rollout decoded otherwise than the student's own distribution at
     temperature 1) makes `rkl` use the student's own log-probs as π_old and weight tokens by π_old/q.
+    `cfg.report_to`'s trackers write under `logging_dir` (default: the trainer's scratch, deleted after).
+    With `cfg.save_steps`, the trainer's state is saved under `state_dir` (the caller keeps it across a kill
+    and clears it when it belongs to other settings) and training resumes from the newest whole one there.
     """
     if not examples:
         raise UserError("no turns to train on: the round's turns are empty")
@@ -328,50 +366,41 @@ def train_student(
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path, torch.device("cpu"), torch.float32)  # the Trainer places it
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with tempfile.TemporaryDirectory(prefix="sage-opd-trainer-") as scratch:
-        args = SFTConfig(
-            output_dir=scratch,
-            per_device_train_batch_size=cfg.per_device_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            learning_rate=cfg.learning_rate,
-            num_train_epochs=cfg.epochs,
-            max_grad_norm=cfg.max_grad_norm,
-            warmup_steps=cfg.warmup_ratio,
-            weight_decay=cfg.weight_decay,
-            logging_steps=cfg.logging_steps,
-            seed=seed,
-            save_strategy="no",
-            report_to="none",
-            remove_unused_columns=False,
-            max_length=None,
-            dataset_kwargs={"skip_prepare_dataset": True},
-            use_cpu=not cuda,
-            bf16=bf16,
-            activation_checkpointing=cuda,  # formerly `gradient_checkpointing` (deprecated alias)
-            dataloader_drop_last=False,
-        )
+    with ExitStack() as stack:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="sage-opd-trainer-"))
+        stack.enter_context(tracker_dirs(Path(logging_dir or scratch)))  # trackers read it when the Trainer is made
+        saves = state_dir if cfg.save_steps and state_dir is not None else None
+        args = sft_config(cfg, saves or scratch, seed=seed, cuda=cuda, bf16=bf16)
         trainer = SageOPDTrainer(
             model=model,
             args=args,
             data_collator=OPDCollator(pad_token_id),
             train_dataset=datasets.Dataset.from_list(examples),
             processing_class=tokenizer,
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), *([MarkSaved()] if saves else [])],
             train_config=cfg,
+            peft_config=_adapters(cfg),
         )
         progress = quiet_console(trainer, "train")
-        _check_batch_layout(examples, world_batch_size(cfg, trainer.accelerator.num_processes))
+        world_batch = world_batch_size(cfg, trainer.accelerator.num_processes)
+        _check_batch_layout(examples, world_batch)
+        rows = examples
+        if trainer.accelerator.num_processes > 1:  # else accelerate fills a short last step from the first rows
+            rows = with_fillers(rows, world_batch)
         if cfg.loss == "rkl" and not sampler_is_policy:
-            trainer.train_dataset = datasets.Dataset.from_list(with_policy_logprobs(trainer, examples))
+            rows = with_policy_logprobs(trainer, rows)
+        if rows is not examples:
+            trainer.train_dataset = datasets.Dataset.from_list(rows)
+        resume = last_saved_state(saves) if saves else None
         try:
-            trainer.train()
+            trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
         finally:
             if progress is not None:
                 progress.close()
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             with atomic_dir(output_dir) as tmp:
-                trainer.save_model(str(tmp))
+                _save_checkpoint(trainer, tmp)
     losses_logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainSummary(
         steps=trainer.state.global_step,
@@ -380,7 +409,30 @@ def train_student(
         seconds=time.perf_counter() - started,
         log_history=list(trainer.state.log_history),
         data_stats=dict(stats),
+        resumed_from_step=None if resume is None else _saved_step(resume),
+        provenance=provenance(
+            trainer.args.device, torch.bfloat16 if bf16 else torch.float32, trainer.accelerator.num_processes
+        ),
     )
+
+
+def _adapters(cfg: TrainConfig) -> Any:
+    """peft's LoRA config when `train.peft.r` asks for adapters (peft is imported only then), else None."""
+    if not cfg.peft.r:
+        return None
+    from pipeline.lora import lora_config
+
+    return lora_config(cfg.peft)
+
+
+def _save_checkpoint(trainer: SFTTrainer, folder: Path) -> None:
+    """What rollout and the next round load: the trained model, merged with its LoRA adapter if it has one."""
+    if not trainer.train_config.peft.r:
+        trainer.save_model(str(folder))
+        return
+    from pipeline.lora import save_merged
+
+    save_merged(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, folder)
 
 
 def _check_batch_layout(examples: list[dict[str, Any]], world_batch: int) -> None:

@@ -40,7 +40,7 @@ from pipeline.evaluation import turn_rows
 from pipeline.play import plan_episodes, play_temperature
 from pipeline.policies import ExpertLabelledPolicy, ExpertPolicy, LMPolicy, NoisyExpertPolicy, Policy
 from pipeline.train_data import build_examples
-from pipeline.trainer import train_student
+from pipeline.trainer import TrainSummary, train_student
 
 SFT_RECORD = "_sft.json"
 
@@ -152,8 +152,10 @@ def action_accuracy(config: Config, model: str, states: dict[str, list[dict[str,
     return accuracy
 
 
-def sft_in_place(config: Config, model: str, rows: list[dict[str, Any]], epochs: float, learning_rate: float) -> int:
-    """Cross-entropy on every turn; the checkpoint folder is replaced atomically. Returns the step count."""
+def sft_in_place(
+    config: Config, model: str, rows: list[dict[str, Any]], epochs: float, learning_rate: float
+) -> TrainSummary:
+    """Cross-entropy on every turn; the checkpoint folder is replaced atomically."""
     settings = TrainConfig(
         loss="sft",
         turn_selection=False,
@@ -166,10 +168,9 @@ def sft_in_place(config: Config, model: str, rows: list[dict[str, Any]], epochs:
         annotations="",
     )
     examples, stats = build_examples(rows, None, settings, world_batch=settings.per_device_batch_size, seed=config.seed)
-    summary = train_student(
+    return train_student(
         model, examples, stats, settings, Path(model), seed=config.seed, threads=config.runtime.threads or None
     )
-    return summary.steps
 
 
 def prompt_settings(config: Config) -> dict[str, Any]:
@@ -255,13 +256,14 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
                 dagger[samples] = dagger_rows(config, specs, data_root, tokenizer, samples, bar)
             extra = dagger[samples]
             tick = time.perf_counter()
-            steps = sft_in_place(config, model, rows + extra, epochs, learning_rate)
+            first = sft_in_place(config, model, rows + extra, epochs, learning_rate)
+            steps = first.steps
             own: list[dict[str, Any]] = []
             for iteration in range(settings.teacher_dagger_iterations if name == "teacher" else 0):
                 bar = progress_for(f"teacher's own episodes ({iteration + 1})", "episodes") if progress_for else None
                 own += learner_rows(config, model, specs, data_root, tokenizer, bar)
                 more = settings.teacher_iteration_epochs
-                steps += sft_in_place(config, model, rows + extra + own, more, learning_rate)
+                steps += sft_in_place(config, model, rows + extra + own, more, learning_rate).steps
             record = {
                 "turns": len(rows),
                 "dagger_turns": len(extra),
@@ -275,6 +277,7 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
                 "greedy_games": min(len(specs), GREEDY_CHECK_GAMES),
                 "prompt": prompt_settings(config),
                 "recipe": recipe_settings(config, name),
+                "provenance": first.provenance,
             }
             if heldout is None:
                 heldout = heldout_states(config, tokenizer, progress_for)

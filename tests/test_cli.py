@@ -43,6 +43,10 @@ def cli(tmp_path, tiny_models):
         (["rollout", "--shard-index", "2", "--num-shards", "2"], "--shard-index must be in [0, --num-shards)"),
         (["rollout", "--round", "0"], "--round must be 1 or more"),
         (["eval", "--set", "data.path=/no/data"], "data.path=/no/data does not hold ALFWorld games"),
+        (["train", "--set", "train.trainer_args.lr_sheduler=cosine"], "train.trainer_args.lr_sheduler is not a"),
+        (["round", "--set", "train.trainer_args.lr_scheduler_type=sideways"], "train.trainer_args.lr_scheduler_type: "),
+        (["round", "--set", "train.trainer_args.learning_rate=1"], "set train.learning_rate instead."),
+        (["train", "--set", "train.report_to=[tensorbord]"], "'tensorbord' is not a tracker TRL knows"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(cli, tmp_path, args, message):

@@ -66,9 +66,22 @@ def test_eval_keeps_its_own_defaults_when_partly_overridden():
         (["prepare.student_dagger_samples=-1"], "student_dagger_samples must be 0 or more, not -1."),
         (["prepare.dagger_epsilon=1.5"], "dagger_epsilon must be in [0, 1], not 1.5."),
         (["prepare.teacher_dagger_epsilon=0.4"], "unknown config key 'prepare.teacher_dagger_epsilon'"),
-        (["train.warmup_ratio=5"], "bad config value in train: warmup_ratio must be in [0, 1), not 5.0."),
-        (["train.warmup_ratio=1"], "warmup_ratio must be in [0, 1), not 1.0."),
-        (["train.warmup_ratio=-0.1"], "warmup_ratio must be in [0, 1), not -0.1."),
+        (["train.warmup_steps=2.5"], "bad config value in train: warmup_steps must be a whole number of steps or"),
+        (["train.warmup_steps=-0.1"], "a share in [0, 1), not -0.1."),
+        (["train.warmup_ratio=0.1"], "unknown config key 'train.warmup_ratio'"),
+        (["train.trainer_args=5"], "config key 'train.trainer_args' must be a mapping of settings, got 5"),
+        (
+            ["train.trainer_args.num_train_epochs=3"],
+            "trainer_args.num_train_epochs is set by sage-opd: set train.epochs",
+        ),
+        (["train.trainer_args.report_to=wandb"], "trainer_args.report_to is set by sage-opd: set train.report_to"),
+        (["train.save_steps=-1"], "save_steps must be 0 (never) or more, not -1."),
+        (["train.peft.r=-1"], "bad config value in train.peft: r must be 0 (no adapters) or more, not -1."),
+        (["train.peft.dropout=1"], "dropout must be in [0, 1), not 1.0."),
+        (["train.peft.target_modules=[]"], "target_modules must name at least one module"),
+        (["train.trainer_args.save_strategy=epoch"], "save_strategy is set by sage-opd: set train.save_steps"),
+        (["train.trainer_args.resume_from_checkpoint=true"], "a killed train resumes by itself"),
+        (["train.trainer_args.dataloader_drop_last=true"], "trainer_args.dataloader_drop_last is set by sage-opd"),
         (["train.max_grad_norm=-1"], "max_grad_norm must be 0 (no clipping) or more, not -1.0."),
         (["train.weight_decay=-5"], "weight_decay must be 0 or more, not -5.0."),
         (["sampling.admissible_only=true", "env.think=true"], "admissible_only constrains the whole response"),
@@ -84,8 +97,11 @@ def test_bad_values_are_user_errors(overrides, message, tmp_path):
 
 
 def test_training_edges_are_accepted():
-    config = load_config(None, ["train.warmup_ratio=0.99", "train.max_grad_norm=0", "train.weight_decay=0"])
-    assert (config.train.warmup_ratio, config.train.max_grad_norm, config.train.weight_decay) == (0.99, 0.0, 0.0)
+    config = load_config(None, ["train.warmup_steps=0.99", "train.max_grad_norm=0", "train.weight_decay=0"])
+    assert (config.train.warmup_steps, config.train.max_grad_norm, config.train.weight_decay) == (0.99, 0.0, 0.0)
+    assert load_config(None, ["train.warmup_steps=10"]).train.warmup_steps == 10  # steps, not a share
+    passed = load_config(None, ["train.trainer_args.lr_scheduler_type=cosine", "train.trainer_args.optim=sgd"])
+    assert passed.train.trainer_args == {"lr_scheduler_type": "cosine", "optim": "sgd"}
 
 
 def test_missing_and_malformed_files(tmp_path):

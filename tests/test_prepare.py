@@ -10,6 +10,7 @@ from pipeline import prepare as prepare_module
 from pipeline.envs.games import MINI_DATA, discover_games
 from pipeline.errors import UserError
 from pipeline.prepare import locate_alfworld_data, prepare_tiny_models, unpack_archive
+from pipeline.provenance import code_version
 
 
 @pytest.fixture
@@ -116,6 +117,7 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     assert teacher["steps"] == 2 * math.ceil(first / 4) + math.ceil((first + teacher["own_turns"]) / 4)
     assert student["steps"] == math.ceil((student["turns"] + student["dagger_turns"]) / 4)
     assert 0.0 <= teacher["greedy_success"] <= 1.0
+    assert teacher["provenance"] == {**code_version(), "world_size": 1, "device": "cpu", "dtype": "float32"}
     for record in (teacher, student):  # the next action on one noisy-expert episode of every eval game
         assert list(record["action_accuracy"]) == config.eval.splits
         for by_verb in record["action_accuracy"].values():

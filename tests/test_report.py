@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.atomic import write_json
+from pipeline.checkpoints import TRAIN_LOG
 from pipeline.evaluation import summarize
 from pipeline.play import EPISODES_DIR, SUMMARY_FILE
 from pipeline.report import write_report
@@ -106,7 +107,8 @@ def write_annotations(directory: Path, run: str, round_: int, labels: list[str])
 
 
 def write_training(directory: Path, losses: list[float], turns: int, settings: dict | None = None) -> None:
-    """A `_train.json` with the keys `run_train` writes that the report reads; `settings` adds `train` and `seed`."""
+    """A `_train.json` and `train_log.jsonl` with the keys `run_train` writes that the report reads; `settings`
+    adds `train` and `seed`."""
     history = [{"step": i + 1, "loss": loss, "nll": 2 * loss, "rkl_sampled": loss / 2} for i, loss in enumerate(losses)]
     history.append({"step": len(losses), "train_runtime": 1.0, "train_loss": sum(losses) / len(losses)})
     record = {
@@ -116,7 +118,8 @@ def write_training(directory: Path, losses: list[float], turns: int, settings: d
         "stats": {"turns": turns},
         **(settings or {}),
     }
-    write_json(directory / RECORD_FILE, {**record, "mean_loss": sum(losses) / len(losses), "log_history": history})
+    write_json(directory / RECORD_FILE, {**record, "mean_loss": sum(losses) / len(losses)})
+    (directory / TRAIN_LOG).write_text("".join(json.dumps(entry) + "\n" for entry in history))
 
 
 def log_line(round_: int, labels: dict | None, loss: float) -> dict:

@@ -99,7 +99,9 @@ def runs_dir(tmp_path_factory) -> Path:
         # even seeds' skip turn at 1/2, weak ones at 1/4 and 3/4, strong ones at 1/8; every odd-seed turn at 3/4
         labels = ["skip", "weak", "strong", "strong", "strong", "weak"] if seed % 2 == 0 else ["skip"] * 6
         drawn = [0.5, 0.25, 0.125, 0.125, 0.125, 0.75] if seed % 2 == 0 else [0.75] * 6
-        layout = write_seed(root, f"opd-s{seed}", seed, TRAINED["opd"], rounds, sampler_probs=drawn)
+        # seed 3 logged to a tracker and saved its state as it went: the same method, so the same group
+        kept = {"report_to": ["tensorboard"], "save_steps": 5, "logging_steps": 10} if seed == 3 else {}
+        layout = write_seed(root, f"opd-s{seed}", seed, {**TRAINED["opd"], **kept}, rounds, sampler_probs=drawn)
         initial = {"valid_seen": "0000", "valid_unseen": "1000" if seed % 2 == 0 else "0000"}
         write_policy_eval(layout, 1, STUDENT, initial, seed)
         write_policy_eval(layout, 2, "teacher", {"valid_unseen": "1110" if seed == 2 else "1111"}, seed)

@@ -1,15 +1,21 @@
 """The train stage and `round`: checkpoints, skipping what is done, rounds.jsonl, resume after a stop."""
 
+import functools
 import json
+import shutil
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from typer.testing import CliRunner
 
 from pipeline import rounds as rounds_module
+from pipeline import train as train_module
 from pipeline.annotate import run_annotate
-from pipeline.errors import UserError
+from pipeline.checkpoints import TRAIN_LOG, read_train_log
+from pipeline.errors import StorageError, UserError
 from pipeline.play import run_rollout
+from pipeline.provenance import code_version
 from pipeline.rounds import ROUNDS_FILE, next_round, recorded_rounds, run_round
 from pipeline.runs import RunLayout, resolve_policy
 from pipeline.train import RECORD_FILE, run_train
@@ -33,11 +39,43 @@ def test_train_writes_a_loadable_checkpoint_and_the_next_round_rolls_it_out(anno
     AutoTokenizer.from_pretrained(result.directory)
     record = json.loads((result.directory / RECORD_FILE).read_text())
     assert record["status"] == "complete" and record["student"] == annotated.models.student
-    assert record["inputs"]["annotations"] is not None and len(record["log_history"]) >= 3
+    steps = read_train_log(result.directory, record)
+    assert record["inputs"]["annotations"] is not None and [entry["step"] for entry in steps if "loss" in entry] == [
+        1,
+        2,
+        3,
+    ]
+    assert "log_history" not in record and TRAIN_LOG in record["files"]  # the log is hashed with the weights
+    assert record["provenance"] == {**code_version(), "world_size": 1, "device": "cpu", "dtype": "float32"}
     layout = RunLayout.of(annotated)
     assert resolve_policy("student", annotated, layout, 2, after_training=False).model == str(result.directory)
     assert resolve_policy("student", annotated, layout, 1, after_training=True).model == str(result.directory)
     assert resolve_policy("student", annotated, layout, 1, after_training=False).model == annotated.models.student
+
+
+def test_tensorboard_gets_every_logged_step_inside_the_round(annotated, make_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = make_config(
+        *SMALL, "train.per_device_batch_size=4", "train.learning_rate=1e-3", "train.report_to=[tensorboard]"
+    )
+    result = run_train(config, 1)
+    record = json.loads((result.directory / RECORD_FILE).read_text())
+    logged = [entry for entry in read_train_log(result.directory, record) if "loss" in entry]
+    events = EventAccumulator(str(RunLayout.of(config).round_dir(1) / "logs" / "tensorboard"))
+    events.Reload()
+    points = events.Scalars("train/loss")
+    assert [point.step for point in points] == [entry["step"] for entry in logged]
+    assert [point.value for point in points] == pytest.approx([entry["loss"] for entry in logged])
+    assert [point.value for point in events.Scalars("train/nll")] == pytest.approx([entry["nll"] for entry in logged])
+
+
+def test_a_train_log_from_before_its_file_is_read_from_the_record_and_a_damaged_one_is_refused(tmp_path):
+    history = [{"step": 1, "loss": 0.5}, {"step": 1, "train_runtime": 2.0}]
+    assert read_train_log(tmp_path, {"log_history": history}) == history
+    (tmp_path / TRAIN_LOG).write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    with pytest.raises(StorageError, match="rerun `sage-opd train` with --force"):
+        read_train_log(tmp_path, {})
 
 
 def test_train_skips_when_done_and_refuses_other_settings_until_forced(annotated, make_config):
@@ -52,6 +90,59 @@ def test_train_skips_when_done_and_refuses_other_settings_until_forced(annotated
     with pytest.raises(UserError, match="--force"):
         run_train(other, 1)
     assert run_train(other, 1, force=True).trained
+
+
+class StopAfter(TrainerCallback):
+    """A kill right after optimizer step `step` (its saved state, if due, is already written)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_killed_train_resumes_from_its_last_whole_saved_state_and_ends_as_a_straight_one(
+    annotated, make_config, monkeypatch
+):
+    config = make_config(
+        *SMALL, "train.per_device_batch_size=4", "train.learning_rate=1e-3", "train.epochs=2", "train.save_steps=2"
+    )
+    straight = run_train(config, 1)  # 9 turns in batches of 4: 3 steps per epoch, 6 in all
+    reference = parameters(straight.directory)
+    saves = straight.directory.parent / ".train-states"
+    assert straight.steps == 6 and not saves.exists()  # a whole checkpoint needs no saved states
+    shutil.rmtree(straight.directory)
+    (saves / "checkpoint-2").mkdir(parents=True)  # left by a training with other settings: never resumed
+    (saves / "checkpoint-2" / "sage-opd-whole").touch()
+    (saves / "setup.fingerprint").write_text("another training")
+
+    monkeypatch.setattr(
+        train_module, "train_student", functools.partial(train_module.train_student, callbacks=[StopAfter(5)])
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_train(config, 1)
+    monkeypatch.undo()
+    assert not straight.directory.exists()
+    assert sorted(path.name for path in saves.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    (saves / "checkpoint-4" / "sage-opd-whole").unlink()  # as if the kill came while step 4 was being saved
+
+    resumed = run_train(config, 1)
+    record = json.loads((resumed.directory / RECORD_FILE).read_text())
+    assert resumed.steps == 6 and record["resumed_from_step"] == 2 and not saves.exists()
+    logged = [entry["step"] for entry in read_train_log(resumed.directory, record) if "loss" in entry]
+    assert logged == [1, 2, 3, 4, 5, 6]  # the steps before the saved state come back with it
+    after = parameters(resumed.directory)
+    for name, value in reference.items():
+        torch.testing.assert_close(after[name], value, rtol=1e-5, atol=1e-7)
+
+
+def parameters(directory):
+    return {
+        name: value.detach().clone()
+        for name, value in AutoModelForCausalLM.from_pretrained(directory).named_parameters()
+    }
 
 
 def test_sft_trains_without_annotations(make_config):
@@ -78,6 +169,9 @@ def test_rounds_append_lines_and_a_stopped_round_carries_on(make_config, monkeyp
     assert first["success_by_split"]["valid_unseen"] == first["student_success"]
     assert set(first["seconds"]) == {"rollout", "annotate", "train", "eval", "eval-initial"}
     assert sum(first["labels"].values()) == 9
+    # each stage's own record: this checkout, one process, the CPU in float32
+    ran_here = {**code_version(), "world_size": 1, "device": "cpu", "dtype": "float32"}
+    assert first["provenance"] == {stage: ran_here for stage in first["seconds"]}
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
@@ -109,3 +203,17 @@ def test_round_command_prints_one_line(make_config, tiny_models):
     (line,) = [text for text in result.stdout.splitlines() if text.startswith("round ")]
     assert line.startswith("round 1: student success ") and "(initial student " in line
     assert line.endswith(f"{config.runs_dir}/default/rounds.jsonl")
+
+
+def test_a_lora_round_loads_as_any_checkpoint_and_the_next_round_adapts_it_again(make_config):
+    config = make_config(*SMALL, "train.per_device_batch_size=4", "train.peft.r=4", "train.learning_rate=1e-2")
+    first, second = run_round(config), run_round(config)
+    layout = RunLayout.of(config)
+    for round_ in (1, 2):
+        checkpoint = layout.stage_dir(round_, "checkpoint")
+        assert (checkpoint / "adapter" / "adapter_config.json").is_file()  # the adapter beside the merged model
+        assert not (checkpoint / "adapter_config.json").exists()  # the checkpoint itself is a plain model
+    assert second["train_steps"] == first["train_steps"] > 0 and second["student_success"] is not None
+    assert resolve_policy("student", config, layout, 2, after_training=False).model == str(
+        layout.stage_dir(1, "checkpoint")
+    )

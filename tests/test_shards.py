@@ -22,6 +22,7 @@ from test_schema import ROW_BUILDERS, turn_row
 import pipeline
 from pipeline import shards
 from pipeline.errors import UserError
+from pipeline.provenance import provenance
 from pipeline.schema import SCHEMAS, TURNS_SCHEMA
 from pipeline.shards import (
     LOCK_NAME,
@@ -126,6 +127,7 @@ def test_manifest_records_config_inputs_parts_and_versions(tmp_path):
     assert set(manifest) == {
         "stage", "schema_version", "status", "config", "config_fingerprint", "inputs",
         "inputs_fingerprint", "models", "num_parts", "parts", "created", "updated", "finished", "versions",
+        "provenance",
     }  # fmt: skip
     canonical = json.dumps(CONFIG, sort_keys=True, separators=(",", ":"))
     assert manifest["config_fingerprint"] == hashlib.sha256(canonical.encode()).hexdigest()
@@ -138,9 +140,11 @@ def test_manifest_records_config_inputs_parts_and_versions(tmp_path):
             "sha256": sha256(directory / part_name(index)),
             "bytes": (directory / part_name(index)).stat().st_size,
             "seconds": 0.5 * index,
+            "provenance": provenance(),  # a writer that was given no device: code and processes only
         }
         for index in range(3)
     }
+    assert manifest["provenance"] == provenance()
     assert manifest["created"] <= manifest["updated"] <= manifest["finished"]
     assert manifest["versions"] == {
         "python": platform.python_version(),

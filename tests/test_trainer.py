@@ -11,12 +11,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from pipeline import losses
 from pipeline.annotate import run_annotate
 from pipeline.backends.hf import load_causal_lm
-from pipeline.config import TrainConfig, load_config
+from pipeline.config import LoraSettings, TrainConfig, load_config
 from pipeline.errors import UserError
 from pipeline.play import run_rollout
 from pipeline.shards import read_stage
 from pipeline.train_data import build_examples
 from pipeline.trainer import OPDCollator, train_student
+from pipeline.trainer_args import sft_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 STEP_KEYS = (
@@ -392,3 +393,61 @@ def test_examples_cut_for_another_batch_size_are_refused(shards, tiny_models, tm
     with pytest.raises(ValueError, match="another optimizer batch size"):
         train_student(tiny_models["student"], examples, stats, cfg, tmp_path / "checkpoint", seed=0)
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_trainer_args_reach_sft_config_and_warmup_reads_as_transformers_does(tmp_path):
+    cfg = TrainConfig(warmup_steps=0.25, trainer_args={"lr_scheduler_type": "cosine", "optim": "sgd"})
+    args = sft_config(cfg, tmp_path, seed=3, cuda=False, bf16=False)
+    assert (str(args.lr_scheduler_type), str(args.optim), args.seed) == (
+        "SchedulerType.COSINE",
+        "OptimizerNames.SGD",
+        3,
+    )
+    assert args.get_warmup_steps(40) == 10  # a share of the steps
+    assert sft_config(TrainConfig(warmup_steps=3), tmp_path, seed=0, cuda=False, bf16=False).get_warmup_steps(40) == 3
+    assert args.activation_checkpointing is False  # unset: on with CUDA only
+    assert sft_config(
+        TrainConfig(gradient_checkpointing=True), tmp_path, seed=0, cuda=False, bf16=False
+    ).activation_checkpointing
+
+
+@pytest.mark.parametrize(
+    ("trainer_args", "message"),
+    [
+        ({"lr_sheduler_type": "cosine"}, "train.trainer_args.lr_sheduler_type is not a setting of TRL's SFTConfig"),
+        ({"optim": "sgd", "lr_scheduler_type": "sideways"}, "train.trainer_args.lr_scheduler_type: "),
+    ],
+)
+def test_a_bad_trainer_arg_is_named_in_one_line(tmp_path, trainer_args, message):
+    with pytest.raises(UserError) as info:
+        sft_config(TrainConfig(trainer_args=trainer_args), tmp_path, seed=0, cuda=False, bf16=False)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_lora_trains_only_the_adapter_and_the_checkpoint_is_base_plus_adapter(shards, tiny_models, tmp_path):
+    from peft import PeftModel
+
+    turns, notes = shards
+    cfg = TrainConfig(per_device_batch_size=4, learning_rate=1e-2, peft=LoraSettings(r=4, alpha=8.0))
+    examples, stats = build_examples(turns, notes, cfg, world_batch=4, seed=1)
+    out = tmp_path / "checkpoint"
+    assert train_student(tiny_models["student"], examples, stats, cfg, out, seed=0, threads=1).steps == 4
+    student = parameters(load_causal_lm(tiny_models["student"], torch.device("cpu"), torch.float32))
+    adapted = PeftModel.from_pretrained(
+        load_causal_lm(tiny_models["student"], torch.device("cpu"), torch.float32), out / "adapter"
+    )
+    frozen = {name: value for name, value in parameters(adapted).items() if "lora_" not in name}
+    assert len(frozen) == len(student)
+    for name, value in frozen.items():  # peft's names: base_model.model.<name>, adapted layers' .base_layer
+        assert torch.equal(value, student[name.removeprefix("base_model.model.").replace(".base_layer", "")]), name
+    assert any(value.abs().sum() > 0 for name, value in parameters(adapted).items() if "lora_B" in name)
+
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([turns[0]["prompt_ids"] + turns[0]["response_ids"]])
+    with torch.no_grad():
+        expected, got = adapted(input_ids=ids).logits, merged(input_ids=ids).logits
+        before = load_causal_lm(tiny_models["student"], torch.device("cpu"), torch.float32)(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got - before).abs().max() > 1e-3  # the adapter changed what the merged model says
+    vocabulary = AutoTokenizer.from_pretrained(tiny_models["student"]).get_vocab()
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == vocabulary

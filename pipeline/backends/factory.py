@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from pipeline.backends.hf import Generation, HFGenerator, load_causal_lm, resolve_device, resolve_dtype
 from pipeline.backends.hf_score import HFScorer, TokenScores
 from pipeline.config import Config
+from pipeline.provenance import provenance
 
 
 class Generator(Protocol):
@@ -93,3 +94,10 @@ def load_hf_model(config: Config, model: str):
     """A checkpoint through transformers on `sampling.device` / `sampling.dtype` (what `hf` stages use)."""
     device = resolve_device(config.sampling.device)
     return load_causal_lm(model, device, resolve_dtype(config.sampling.dtype, device))
+
+
+def backend_provenance(config: Config) -> dict[str, Any]:
+    """The provenance of a stage whose models run on this backend: both backends place them on
+    `sampling.device` in `sampling.dtype`, resolved the same way."""
+    device = resolve_device(config.sampling.device)
+    return provenance(device, resolve_dtype(config.sampling.dtype, device))

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.checkpoints import read_train_log
 from pipeline.errors import UserError
 from pipeline.judges import LABELS
 from pipeline.play import EPISODES_DIR
@@ -39,6 +40,8 @@ ANNOTATION_FRAME = ["round", "episode_id", "turn", "label", "confidence", *RESPO
 EVAL_COLUMNS = [*EVAL_SCHEMA.names, "source", "protocol"]
 TURN_COLUMNS = ["episode_id", "turn", "sampler_logprobs"]
 PER_RUN = ("run", "round", "seed")  # config keys that differ between the seeds of one configuration
+# train settings that change how a training is logged, saved or computed, never its update
+TRAIN_BOOKKEEPING = ("logging_steps", "save_steps", "report_to", "gradient_checkpointing")
 
 
 @dataclass
@@ -107,10 +110,11 @@ def load_run(layout: RunLayout, annotations: str = "annotations") -> RunData:
             turns = _read_or_note(layout.stage_dir(round_, "turns"), "turns", notes, TURN_COLUMNS)
             known = _known_labels(labelled, folder, notes)
             annotated.append(_with_response_probabilities(known, turns).assign(round=round_))
-        record = read_record(layout.stage_dir(round_, "checkpoint"))
+        checkpoint = layout.stage_dir(round_, "checkpoint")
+        record = read_record(checkpoint)
         if record is not None:
             trained_turns[round_] = record["stats"]["turns"]
-            steps += [{"round": round_, **entry} for entry in record["log_history"] if "loss" in entry]
+            steps += [{"round": round_, **entry} for entry in read_train_log(checkpoint, record) if "loss" in entry]
     evals.append(_initial_student_rows(layout, notes))
     for policy in REFERENCE_POLICIES:
         evals.append(_newest_reference(layout, rounds, policy, notes))
@@ -146,7 +150,7 @@ def _settings(layout: RunLayout, annotations: str) -> tuple[int | None, dict[str
     return seed, {
         "rollout": rollout and {**_without(rollout, PER_RUN), "data": _without(rollout.get("data", {}), ("path",))},
         "annotate": _manifest_config(layout.stage_dir(1, annotations), "annotations"),
-        "train": record["train"],
+        "train": _without(record["train"], TRAIN_BOOKKEEPING),
         "student": record["student"],
     }
 

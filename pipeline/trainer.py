@@ -368,7 +368,8 @@ def train_student(
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with ExitStack() as stack:
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="sage-opd-trainer-"))
-        stack.enter_context(tracker_dirs(Path(logging_dir or scratch)))  # trackers read it when the Trainer is made
+        if cfg.report_to:  # only then a `logs/` folder in the round; trackers read it when the Trainer is made
+            stack.enter_context(tracker_dirs(Path(logging_dir or scratch)))
         saves = state_dir if cfg.save_steps and state_dir is not None else None
         args = sft_config(cfg, saves or scratch, seed=seed, cuda=cuda, bf16=bf16)
         trainer = SageOPDTrainer(

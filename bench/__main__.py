@@ -9,6 +9,9 @@ Rows are ratios (or sizes), so they travel between machines better than raw time
 - annotation storage: bytes of annotation Parquet per response token at k=20 (≤ 200);
 - training step overhead: our trainer's optimizer step over TRL's plain `SFTTrainer` step on the same
   tokens (≤ 1.15);
+- train memory: peak memory of `sage-opd train` on the round with its turns ×8 over the round as it is
+  (≤ 1.3: the round is memory-mapped Arrow, not Python objects), resident and anonymous;
+- data parallel: train tokens/s of `torchrun --nproc_per_node 2` over one process, on the same 2 cores;
 - sweep: wall time of a small grid (2 configs × 2 seeds × 1 round) at `--jobs 1` over `--jobs 2`
   (≥ 1.6 on 2 cores); `--sweep-jobs 0` leaves it out;
 - `round` on the default config, a fresh run of `--rounds` rounds: seconds per stage, and whether the
@@ -37,6 +40,7 @@ from bench.play_bench import env_parallelism, rollout_overhead
 from bench.sweep_bench import sweep_speedup
 from bench.table import Row, print_table
 from bench.train_bench import round_stages, training_overhead
+from bench.train_scale_bench import data_parallel_throughput, train_memory
 from bench.vllm_bench import vllm_rows
 from pipeline.atomic import write_json
 from pipeline.backends.hf import load_causal_lm, load_tokenizer
@@ -82,6 +86,8 @@ def main() -> None:
     rows.append(annotation_storage(config, 1, sum(len(t["response_ids"]) for t in turns)))
     annotations = read_stage(RunLayout.of(config).stage_dir(1, "annotations"), "annotations").to_pylist()
     rows.append(training_overhead(config, turns, annotations))
+    rows.extend(train_memory(args.config, config))
+    rows.append(data_parallel_throughput(args.config, config))
     rows.extend(vllm_rows(args.config, config))
     if args.sweep_jobs:
         rows.append(sweep_speedup(BENCH_DIR, args.sweep_jobs))

@@ -12,7 +12,6 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
-from typing import Any
 
 import datasets
 import torch
@@ -43,12 +42,12 @@ class StepTimer(TrainerCallback):
         self.seconds.append(time.perf_counter() - self._tick)
 
 
-def plain_sft_steps(model_path: str, examples: list[dict[str, Any]], config: Config, steps: int) -> list[float]:
+def plain_sft_steps(model_path: str, examples: datasets.Dataset, config: Config, steps: int) -> list[float]:
     """Step times of TRL's stock `SFTTrainer` (cross-entropy on the response tokens) on the same rows."""
     settings = config.train
     tokenizer = load_tokenizer(model_path)
     rows = [
-        {"input_ids": e["input_ids"], "labels": [-100] * e["response_start"] + e["input_ids"][e["response_start"] :]}
+        {"input_ids": e["prompt_ids"] + e["response_ids"], "labels": [-100] * len(e["prompt_ids"]) + e["response_ids"]}
         for e in examples
     ]
     timer = StepTimer()
@@ -78,7 +77,7 @@ def plain_sft_steps(model_path: str, examples: list[dict[str, Any]], config: Con
     return timer.seconds
 
 
-def ours_steps(model_path: str, examples: list[dict[str, Any]], stats: dict, config: Config) -> list[float]:
+def ours_steps(model_path: str, examples: datasets.Dataset, stats: dict, config: Config) -> list[float]:
     """Step times of our trainer over one pass of `examples` (whole optimizer batches)."""
     timer = StepTimer()
     with tempfile.TemporaryDirectory(prefix="sage-opd-bench-") as scratch:
@@ -94,7 +93,7 @@ def training_overhead(config: Config, turns: list[dict], annotations: list[dict]
     batch = config.train.per_device_batch_size
     examples, stats = build_examples(turns, annotations, config.train, world_batch=batch, seed=config.seed)
     steps = min(steps, len(examples) // batch)
-    examples = examples[: steps * batch]
+    examples = examples.select(range(steps * batch))
     ours, plain = [], []
     for _ in range(2):  # alternate; the first step of each run is a warm-up and is left out
         ours += ours_steps(student, examples, stats, config)[1:]

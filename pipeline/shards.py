@@ -239,9 +239,17 @@ def read_stage(
         if unknown := [name for name in columns if name not in schema.names]:
             raise ValueError(f"{stage} has no column(s) {', '.join(unknown)}")
         schema = pa.schema([schema.field(name) for name in columns])
-    parts = verify_stage(directory, stage, require_complete=require_complete)["parts"]
-    tables = [pq.read_table(Path(directory) / name, columns=columns) for name in sorted(parts)]
+    tables = [
+        pq.read_table(part, columns=columns)
+        for part in stage_parts(directory, stage, require_complete=require_complete)
+    ]
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def stage_parts(directory: str | os.PathLike, stage: str, *, require_complete: bool = True) -> list[Path]:
+    """The Parquet parts of a verified stage directory, in part order (for readers that take files)."""
+    parts = verify_stage(directory, stage, require_complete=require_complete)["parts"]
+    return [Path(directory) / name for name in sorted(parts)]
 
 
 def stage_fingerprint(directory: str | os.PathLike, stage: str) -> str:

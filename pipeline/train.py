@@ -43,8 +43,8 @@ from pipeline.hashing import fingerprint
 from pipeline.locks import writer_lock
 from pipeline.losses import LABEL_NAMES
 from pipeline.runs import RunLayout
-from pipeline.shards import read_manifest, read_stage, stage_fingerprint
-from pipeline.train_data import build_examples
+from pipeline.shards import read_manifest, stage_fingerprint, stage_parts
+from pipeline.train_data import build_examples, round_data
 from pipeline.trainer import train_student
 from pipeline.trainer_args import check_trainer_settings
 
@@ -97,12 +97,9 @@ def sampler_is_policy(rollout: dict[str, Any]) -> bool:
 def _train(config: Config, layout: RunLayout, round_: int, directory: Path, force: bool, writer: bool) -> TrainResult:
     settings = config.train
     turns_dir = layout.stage_dir(round_, "turns")
-    turns = read_stage(turns_dir, "turns")
-    annotations_dir = layout.stage_dir(round_, settings.annotations)
-    annotations = None
-    if settings.loss != "sft":
-        annotations = read_stage(annotations_dir, "annotations")
-        _check_labels(annotations_dir, annotations)
+    annotations_dir = layout.stage_dir(round_, settings.annotations) if settings.loss != "sft" else None
+    if annotations_dir is not None:
+        _check_labels(annotations_dir)
     student = layout.student_entering(round_, config.models.student)
     on_policy = settings.loss != "rkl" or sampler_is_policy(read_manifest(turns_dir, "turns")["config"])
     setup = {
@@ -111,7 +108,7 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
         "inputs": {
             "student": model_fingerprint(student),
             "turns": stage_fingerprint(turns_dir, "turns"),
-            "annotations": None if annotations is None else stage_fingerprint(annotations_dir, "annotations"),
+            "annotations": None if annotations_dir is None else stage_fingerprint(annotations_dir, "annotations"),
         },
     }
     if settings.loss == "rkl":
@@ -132,20 +129,23 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
             f"{directory} was trained with other settings or inputs: rerun `sage-opd train` with --force to redo it"
         )
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    examples, stats = build_examples(
-        turns.to_pylist(),
-        None if annotations is None else annotations.to_pylist(),
-        settings,
-        world_batch=settings.per_device_batch_size * settings.gradient_accumulation_steps * world,
-        seed=derive_seed(config.seed, round_, "train"),
-    )
     staged = directory.parent / _STAGED
     saves = directory.parent / _SAVED_STATES
     if writer:
         if force:
             shutil.rmtree(saves, ignore_errors=True)
         _keep_saves_only_for(saves, {**setup, "world_size": world} if settings.save_steps else None)
-    with _scratch_tempdir(directory.parent / _SCRATCH) if writer else nullcontext():
+    # The writer's scratch is in the round (a kill leaves nothing elsewhere); the other ranks' in TMPDIR.
+    scratch = _scratch_tempdir(directory.parent / _SCRATCH) if writer else tempfile.TemporaryDirectory()
+    with scratch as scratch_dir:
+        cache = Path(scratch_dir) / "examples"
+        examples, stats = build_examples(
+            *round_data(turns_dir, annotations_dir, settings.loss, cache),
+            settings,
+            world_batch=settings.per_device_batch_size * settings.gradient_accumulation_steps * world,
+            seed=derive_seed(config.seed, round_, "train"),
+            cache_dir=cache,
+        )
         summary = train_student(
             student,
             examples,
@@ -183,12 +183,10 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
     return TrainResult(directory, True, summary.steps, mean_loss, summary.seconds, stats, summary.provenance)
 
 
-def _check_labels(directory: Path, annotations) -> None:
+def _check_labels(directory: Path) -> None:
     """A label the loss does not know is damaged data: one line naming the shard, not a trainer crash."""
-    if set(pc.unique(annotations["label"]).to_pylist()) <= set(LABEL_NAMES):
-        return
-    for part in sorted(directory.glob("part-*.parquet")):
-        unknown = set(pq.read_table(part, columns=["label"])["label"].to_pylist()) - set(LABEL_NAMES)
+    for part in stage_parts(directory, "annotations"):
+        unknown = set(pc.unique(pq.read_table(part, columns=["label"])["label"]).to_pylist()) - set(LABEL_NAMES)
         if unknown:
             raise StorageError(
                 f"annotations shard {part} holds label {sorted(unknown)[0]!r} (expected one of "
@@ -217,13 +215,14 @@ def _remove_leftovers(round_dir: Path) -> None:
 
 
 @contextmanager
-def _scratch_tempdir(scratch: Path) -> Iterator[None]:
-    """Temporary files of the training step (the Trainer's own `sage-opd-trainer-*` output folder among
-    them) go inside the run, where the next train removes what a kill left, instead of piling up in TMPDIR."""
+def _scratch_tempdir(scratch: Path) -> Iterator[Path]:
+    """Temporary files of the training step (the round's examples as Arrow, the Trainer's own
+    `sage-opd-trainer-*` output folder) go inside the run, where the next train removes what a kill left,
+    instead of piling up in TMPDIR."""
     scratch.mkdir(parents=True, exist_ok=True)
     previous, tempfile.tempdir = tempfile.tempdir, str(scratch)
     try:
-        yield
+        yield scratch
     finally:
         tempfile.tempdir = previous
         shutil.rmtree(scratch, ignore_errors=True)

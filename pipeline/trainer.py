@@ -22,13 +22,16 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import SequentialSampler
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -41,7 +44,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.progress import Progress, open_progress
 from pipeline.provenance import provenance
-from pipeline.train_data import LABELS, UNLABELED, with_fillers, world_batch_size
+from pipeline.train_data import LABELS, UNLABELED, quiet_datasets, with_fillers, world_batch_size
 from pipeline.trainer_args import sft_config, tracker_dirs
 
 LABEL_INDEX = {name: index for index, name in enumerate((*LABELS, UNLABELED))}
@@ -65,9 +68,9 @@ class TrainSummary:
 class OPDCollator:
     """Right-pads a list of examples into tensors; every padded position holds 0 (finite, never -inf).
 
-    Sequence tensors are [B, L] (`input_ids`, `attention_mask`); response tensors are [B, R] with R the
-    longest response (`response_ids`, `response_mask`, `weights`, log-probs) or [B, R, k] (top-k); row
-    values are [B] (`response_start`, `batch_tokens`, bookkeeping for the logs).
+    Sequence tensors are [B, L] (`input_ids` = prompt + response, `attention_mask`); response tensors are
+    [B, R] with R the longest response (`response_ids`, `response_mask`, `weights`, log-probs) or [B, R, k]
+    (top-k); row values are [B] (`response_start`, `batch_tokens`, bookkeeping for the logs).
     """
 
     def __init__(self, pad_token_id: int) -> None:
@@ -75,15 +78,15 @@ class OPDCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         size = len(features)
-        length = max(len(f["input_ids"]) for f in features)
-        starts = [int(f["response_start"]) for f in features]
-        spans = [len(f["input_ids"]) - start for f, start in zip(features, starts, strict=True)]
+        starts = [len(f["prompt_ids"]) for f in features]
+        spans = [len(f["response_ids"]) for f in features]
+        length = max(start + span for start, span in zip(starts, spans, strict=True))
         width = max(spans)
         input_ids = torch.full((size, length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((size, length), dtype=torch.long)
         response_ids = torch.zeros((size, width), dtype=torch.long)
         for row, f in enumerate(features):
-            ids = torch.tensor(f["input_ids"], dtype=torch.long)
+            ids = torch.tensor([*f["prompt_ids"], *f["response_ids"]], dtype=torch.long)
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
             response_ids[row, : spans[row]] = ids[starts[row] :]
@@ -109,7 +112,7 @@ class OPDCollator:
         batch["label_index"] = torch.tensor([LABEL_INDEX[f["label"]] for f in features], dtype=torch.long)
         batch["batch_first"] = torch.tensor([bool(f["batch_first"]) for f in features])
         batch["batch_skipped"] = torch.tensor([bool(f["batch_skipped"]) for f in features])
-        batch["filler"] = torch.tensor([bool(f.get("filler")) for f in features])
+        batch["filler"] = torch.tensor([bool(f["filler"]) for f in features])
         return batch
 
 
@@ -182,31 +185,38 @@ def response_logprobs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -
     return outputs, torch.log_softmax(outputs.logits.float(), dim=-1)
 
 
-@torch.no_grad()
-def with_policy_logprobs(trainer: SFTTrainer, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def with_policy_logprobs(trainer: SFTTrainer, examples: datasets.Dataset) -> datasets.Dataset:
     """`examples` with `policy_logprobs`: the log-probs the model about to be trained gives each sampled
     response token, unrestricted, at temperature 1 (π_old of `losses.rkl_loss` when the sampler was not
-    the policy). Computed once before the first step, on the trainer's device and precision."""
+    the policy). Computed once before the first step, on the trainer's device and precision, one
+    micro-batch at a time (written beside the examples when they live in a file)."""
     model = trainer.model
     was_training = model.training
     model.eval()
-    collate = trainer.data_collator
-    size = trainer.args.per_device_train_batch_size
-    device = next(model.parameters()).device  # where the Trainer placed it (the CPU until a launcher moves it)
-    out = []
     try:
-        for start in range(0, len(examples), size):
-            chunk = examples[start : start + size]
-            inputs = {key: value.to(device) for key, value in collate(chunk).items()}
-            with trainer.autocast_smart_context_manager():
-                _, logp = response_logprobs(model, inputs)
-            chosen = logp.gather(-1, inputs["response_ids"].unsqueeze(-1)).squeeze(-1).cpu()
-            for row, example in enumerate(chunk):
-                span = len(example["input_ids"]) - int(example["response_start"])
-                out.append({**example, "policy_logprobs": chosen[row, :span].tolist()})
+        with quiet_datasets():
+            return examples.map(
+                partial(_policy_logprobs, trainer),
+                batched=True,
+                batch_size=trainer.args.per_device_train_batch_size,
+                load_from_cache_file=False,
+                new_fingerprint="sage-opd-policy-logprobs",  # not a hash of the closure over the model
+            )
     finally:
         model.train(was_training)
-    return out
+
+
+@torch.no_grad()
+def _policy_logprobs(trainer: SFTTrainer, batch: dict[str, list[Any]]) -> dict[str, list[list[float]]]:
+    chunk = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+    device = next(trainer.model.parameters()).device  # where the Trainer placed it (the CPU until a launcher moves it)
+    inputs = {key: value.to(device) for key, value in trainer.data_collator(chunk).items()}
+    with trainer.autocast_smart_context_manager():
+        _, logp = response_logprobs(trainer.model, inputs)
+    chosen = logp.gather(-1, inputs["response_ids"].unsqueeze(-1)).squeeze(-1).cpu()
+    return {
+        "policy_logprobs": [chosen[row, : len(example["response_ids"])].tolist() for row, example in enumerate(chunk)]
+    }
 
 
 class SageOPDTrainer(SFTTrainer):
@@ -226,6 +236,14 @@ class SageOPDTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.train_config = train_config
         self._sums: dict[str, torch.Tensor] = {}
+
+    def _prepare_input(self, data: Any) -> Any:
+        """Float tensors go to the device as they are: the weights, N and log-probs stay float32. (The Trainer
+        would cast every float input to DeepSpeed's dtype, bf16, which keeps 3 significant digits.) The
+        model's own inputs are integer ids and masks."""
+        if isinstance(data, torch.Tensor) and torch.is_floating_point(data):
+            return data.to(device=self.args.device)
+        return super()._prepare_input(data)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
         return SequentialSampler(self.train_dataset if train_dataset is None else train_dataset)
@@ -329,7 +347,7 @@ class SageOPDTrainer(SFTTrainer):
 
 def train_student(
     model_path: str | Path,
-    examples: list[dict[str, Any]],
+    examples: datasets.Dataset,
     stats: dict[str, Any],
     cfg: TrainConfig,
     output_dir: str | Path,
@@ -376,12 +394,17 @@ def train_student(
             model=model,
             args=args,
             data_collator=OPDCollator(pad_token_id),
-            train_dataset=datasets.Dataset.from_list(examples),
+            train_dataset=examples,
             processing_class=tokenizer,
             callbacks=[*(callbacks or []), *([MarkSaved()] if saves else [])],
             train_config=cfg,
             peft_config=_adapters(cfg),
         )
+        if cfg.peft.r and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+            raise UserError(
+                "train.peft (LoRA) merges the adapter into whole weights, which FSDP and DeepSpeed ZeRO-3 shard: "
+                "launch LoRA with DDP (configs/accelerate/ddp.yaml) or torchrun"
+            )
         progress = quiet_console(trainer, "train")
         world_batch = world_batch_size(cfg, trainer.accelerator.num_processes)
         _check_batch_layout(examples, world_batch)
@@ -390,18 +413,14 @@ def train_student(
             rows = with_fillers(rows, world_batch)
         if cfg.loss == "rkl" and not sampler_is_policy:
             rows = with_policy_logprobs(trainer, rows)
-        if rows is not examples:
-            trainer.train_dataset = datasets.Dataset.from_list(rows)
+        trainer.train_dataset = rows
         resume = last_saved_state(saves) if saves else None
         try:
             trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
         finally:
             if progress is not None:
                 progress.close()
-        trainer.accelerator.wait_for_everyone()
-        if trainer.is_world_process_zero():
-            with atomic_dir(output_dir) as tmp:
-                _save_checkpoint(trainer, tmp)
+        _save_on_every_rank(trainer, Path(output_dir))
     losses_logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainSummary(
         steps=trainer.state.global_step,
@@ -426,6 +445,17 @@ def _adapters(cfg: TrainConfig) -> Any:
     return lora_config(cfg.peft)
 
 
+def _save_on_every_rank(trainer: SFTTrainer, output_dir: Path) -> None:
+    """Save the checkpoint into a temporary folder the main process then puts at `output_dir`. Every rank
+    takes part: FSDP and ZeRO-3 gather the sharded weights from all ranks, and the main process writes."""
+    main = trainer.is_world_process_zero()
+    trainer.accelerator.wait_for_everyone()
+    with atomic_dir(output_dir) if main else nullcontext() as folder:
+        (shared,) = broadcast_object_list([str(folder) if main else None])  # the main process's folder
+        _save_checkpoint(trainer, Path(shared))
+        trainer.accelerator.wait_for_everyone()  # every rank is done before the folder is swapped in
+
+
 def _save_checkpoint(trainer: SFTTrainer, folder: Path) -> None:
     """What rollout and the next round load: the trained model, merged with its LoRA adapter if it has one."""
     if not trainer.train_config.peft.r:
@@ -436,12 +466,12 @@ def _save_checkpoint(trainer: SFTTrainer, folder: Path) -> None:
     save_merged(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, folder)
 
 
-def _check_batch_layout(examples: list[dict[str, Any]], world_batch: int) -> None:
+def _check_batch_layout(examples: datasets.Dataset, world_batch: int) -> None:
     """The weights were normalized per optimizer batch: refuse examples cut for another batch size."""
-    for position, example in enumerate(examples):
-        if example["batch_index"] != position // world_batch:
-            raise ValueError(
-                f"examples were built for another optimizer batch size than this trainer's {world_batch} rows "
-                "(per-device batch x gradient accumulation x processes): call build_examples with world_batch="
-                f"{world_batch}"
-            )
+    index = examples.select_columns(["batch_index"]).with_format("arrow")[:]["batch_index"].to_numpy()
+    if (index != np.arange(len(index)) // world_batch).any():
+        raise ValueError(
+            f"examples were built for another optimizer batch size than this trainer's {world_batch} rows "
+            "(per-device batch x gradient accumulation x processes): call build_examples with world_batch="
+            f"{world_batch}"
+        )

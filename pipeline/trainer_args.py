@@ -50,7 +50,7 @@ def sft_config(cfg: TrainConfig, output_dir: str | Path, *, seed: int, cuda: boo
         "dataset_kwargs": {"skip_prepare_dataset": True},
         "use_cpu": not cuda,
         "bf16": bf16,
-        "activation_checkpointing": cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
+        "activation_checkpointing": _activation_checkpointing(cfg, cuda),
         "dataloader_drop_last": False,
     }
     try:
@@ -59,6 +59,27 @@ def sft_config(cfg: TrainConfig, output_dir: str | Path, *, seed: int, cuda: boo
         culprit = next((key for key in cfg.trainer_args if not _accepted(ours, key, cfg.trainer_args[key])), None)
         where = f"train.trainer_args.{culprit}" if culprit else "train.trainer_args"
         raise UserError(f"{where}: {str(err).splitlines()[0]}") from None
+
+
+_FSDP_CHECKPOINTING = ("ACCELERATE_USE_FSDP", "FSDP_ACTIVATION_CHECKPOINTING")  # what accelerate launch exports
+
+
+def _activation_checkpointing(cfg: TrainConfig, cuda: bool) -> bool:
+    """`train.gradient_checkpointing`, or, unset, on with CUDA. Under an FSDP launch that checkpoints
+    activations itself (configs/accelerate/fsdp2.yaml), FSDP's does it: transformers refuses both at once."""
+    if _fsdp_checkpoints_activations():
+        if cfg.gradient_checkpointing:
+            raise UserError(
+                "train.gradient_checkpointing and the accelerate config's fsdp_activation_checkpointing both "
+                "checkpoint activations: set train.gradient_checkpointing: false (FSDP's is the one to keep)"
+            )
+        return False
+    return cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+
+
+def _fsdp_checkpoints_activations() -> bool:
+    """Whether `accelerate launch` started this process under FSDP with its own activation checkpointing."""
+    return all(os.environ.get(name, "false").lower() in ("1", "true") for name in _FSDP_CHECKPOINTING)
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""Data parallelism: `torchrun --nproc_per_node 2` (gloo, CPU) trains a round exactly as one process does.
+"""Data parallelism: `torchrun --nproc_per_node 2`, and `accelerate launch` with the shipped DDP and FSDP2 configs
+(gloo, CPU), train a round exactly as one process does.
 
 The row count leaves a ragged last optimizer batch that the ranks' micro-batches do not divide, where
 accelerate would otherwise fill the short step with rows from the start of the data. One process gets
@@ -16,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from pipeline.annotate import run_annotate
@@ -31,6 +33,7 @@ from pipeline.train_data import build_examples
 pytestmark = pytest.mark.slow
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+ACCELERATE_CONFIGS = DEFAULT_CONFIG.parent / "accelerate"
 SETTINGS = ("rollout.num_games=5", "env.max_steps=3", "train.learning_rate=1e-2", "train.epochs=2")
 
 
@@ -48,8 +51,40 @@ def trained(layout: RunLayout):
     return record, steps, {name: value.detach() for name, value in model.named_parameters()}
 
 
-@pytest.mark.parametrize("all_skip", [False, True], ids=["ragged", "ragged-all-skip"])
-def test_two_gloo_processes_train_a_round_as_one_process_does(tmp_path, small_settings, all_skip):
+def launch(launcher: str, scratch: Path) -> list[str]:
+    """The start of a command that runs `-m stages` in 2 processes: torchrun, or accelerate launch with a
+    shipped config (on a machine without GPUs it starts the 2 processes on the CPU, gloo). FSDP2's config
+    runs in float32 here: its bf16 mixed precision (bf16 parameters and gradient reduction) is another
+    arithmetic, not another update; sharding, activation checkpointing and the gathered save are its own."""
+    if launcher == "torchrun":
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+        ]
+    config = ACCELERATE_CONFIGS / f"{launcher}.yaml"
+    if launcher == "fsdp2":
+        settings = {**yaml.safe_load(config.read_text()), "mixed_precision": "no"}
+        config = scratch / "fsdp2-float32.yaml"
+        config.write_text(yaml.safe_dump(settings))
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)] + [
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "all_skip"),
+    [("torchrun", False), ("torchrun", True), ("ddp", False), ("fsdp2", False)],
+    ids=["torchrun-ragged", "torchrun-ragged-all-skip", "accelerate-ddp-ragged", "accelerate-fsdp2-ragged"],
+)
+def test_two_gloo_processes_train_a_round_as_one_process_does(tmp_path, small_settings, launcher, all_skip):
     overrides = [f"runs_dir={tmp_path / 'runs'}", *small_settings, *SETTINGS, "train.per_device_batch_size=2"]
     one = load_config(DEFAULT_CONFIG, [*overrides, "run=one", "train.gradient_accumulation_steps=4"])
     run_rollout(one, 1)
@@ -63,8 +98,7 @@ def test_two_gloo_processes_train_a_round_as_one_process_does(tmp_path, small_se
     run_train(one, 1)
 
     # torchrun's own parser takes `--run` for its `--run-path`: the run is named through --set.
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    command += [str(free_port()), "-m", "stages", "train", "--config", str(DEFAULT_CONFIG)]
+    command = [*launch(launcher, tmp_path), "-m", "stages", "train", "--config", str(DEFAULT_CONFIG)]
     command += [f"--set={item}" for item in (*overrides, "run=two", "train.gradient_accumulation_steps=2")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

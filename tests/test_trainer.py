@@ -15,8 +15,8 @@ from pipeline.config import LoraSettings, TrainConfig, load_config
 from pipeline.errors import UserError
 from pipeline.play import run_rollout
 from pipeline.shards import read_stage
-from pipeline.train_data import build_examples
-from pipeline.trainer import OPDCollator, train_student
+from pipeline.train_data import EXAMPLES_FILE, build_examples, note_columns, round_data, turn_columns
+from pipeline.trainer import OPDCollator, SageOPDTrainer, train_student
 from pipeline.trainer_args import sft_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -39,8 +39,8 @@ PER_TOKEN_NOTES = ("teacher_logprobs", "topk_ids", "topk_logprobs", "confidence"
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, tiny_models):
-    """Real turns and annotations: the tiny student plays 4 games for 4 steps, the tiny teacher annotates."""
+def shard_dirs(tmp_path_factory, tiny_models):
+    """Real turns and annotations on disk: the tiny student plays 4 games for 4 steps, the tiny teacher annotates."""
     root = tmp_path_factory.mktemp("train-shards")
     config = load_config(
         DEFAULT_CONFIG,
@@ -56,10 +56,15 @@ def shards(tmp_path_factory, tiny_models):
             "runtime.threads=1",
         ],
     )
-    turns_dir = run_rollout(config, 1).directory
-    run_annotate(config, 1)
+    return run_rollout(config, 1).directory, run_annotate(config, 1).directory
+
+
+@pytest.fixture(scope="module")
+def shards(shard_dirs):
+    """The real turns and annotations as lists of rows."""
+    turns_dir, notes_dir = shard_dirs
     turns = read_stage(turns_dir, "turns").to_pylist()
-    notes = read_stage(turns_dir.parent / "annotations", "annotations").to_pylist()
+    notes = read_stage(notes_dir, "annotations").to_pylist()
     assert len(turns) == len(notes) == 16
     assert [(t["episode_id"], t["turn"]) for t in turns] == [(n["episode_id"], n["turn"]) for n in notes]
     return turns, notes
@@ -107,8 +112,8 @@ def reference_gradients(model_path, examples, cfg, sampler_is_policy=True):
     With `sampler_is_policy=False`, rkl's π_old is the model's own log-probs before the step."""
     model = load_causal_lm(model_path, torch.device("cpu"), torch.float32)
     for example in examples:
-        ids = torch.tensor([example["input_ids"]])
-        start = example["response_start"]
+        ids = torch.tensor([example["prompt_ids"] + example["response_ids"]])
+        start = len(example["prompt_ids"])
         response = ids[0, start:]
         logp = torch.log_softmax(model(ids).logits[0, start - 1 : -1].float(), dim=-1)
         logp_new = logp.gather(-1, response[:, None]).squeeze(-1)
@@ -187,8 +192,8 @@ def test_the_shuffle_is_seeded_and_each_loss_gets_only_what_it_needs(shards):
     first, _ = build_examples(turns, notes, TrainConfig(), world_batch=4, seed=0)
     again, _ = build_examples(list(reversed(turns)), notes, TrainConfig(), world_batch=4, seed=0)
     other, _ = build_examples(turns, notes, TrainConfig(), world_batch=4, seed=1)
-    assert first == again
-    assert [e["input_ids"] for e in first] != [e["input_ids"] for e in other]
+    assert first.to_list() == again.to_list()
+    assert [(e["episode_id"], e["turn"]) for e in first] != [(e["episode_id"], e["turn"]) for e in other]
     needs = {
         "rkl": {"sampler_logprobs", "teacher_logprobs"},
         "topk_jsd": {"teacher_logprobs", "topk_ids", "topk_logprobs"},
@@ -198,6 +203,25 @@ def test_the_shuffle_is_seeded_and_each_loss_gets_only_what_it_needs(shards):
         (example, *_), _ = build_examples(turns, notes, TrainConfig(loss=loss), world_batch=4, seed=0)
         present = {"sampler_logprobs", "teacher_logprobs", "topk_ids", "topk_logprobs", "confidence"} & set(example)
         assert present == fields, loss
+
+
+@pytest.mark.parametrize("loss", ["sft", "rkl", "topk_jsd"])
+def test_a_round_is_memory_mapped_arrow_with_only_the_columns_its_loss_reads(shard_dirs, shards, tmp_path, loss):
+    turns_dir, notes_dir = shard_dirs
+    cache = tmp_path / "cache"
+    turns, notes = round_data(turns_dir, None if loss == "sft" else notes_dir, loss, cache)
+    assert turns.column_names == turn_columns(loss)
+    assert notes is None if loss == "sft" else notes.column_names == note_columns(loss)
+    mapped = [*turns.cache_files, *(notes.cache_files if notes is not None else [])]
+    assert mapped and all(Path(entry["filename"]).is_relative_to(cache) for entry in mapped)
+    cfg = TrainConfig(loss=loss)
+    examples, stats = build_examples(turns, notes, cfg, world_batch=4, seed=2, cache_dir=cache)
+    assert [Path(entry["filename"]) for entry in examples.cache_files] == [cache / EXAMPLES_FILE]
+    rows, notes_rows = shards
+    in_memory, same = build_examples(rows, None if loss == "sft" else notes_rows, cfg, world_batch=4, seed=2)
+    assert not in_memory.cache_files and stats == same
+    assert examples.to_list() == in_memory.to_list()
+    assert "confidence" not in examples.column_names and ("topk_ids" in examples.column_names) == (loss == "topk_jsd")
 
 
 def test_sft_trains_every_turn_with_weight_one_without_annotations(shards):
@@ -228,8 +252,9 @@ def test_turns_and_annotations_that_do_not_match_are_user_errors(shards):
 def test_the_collator_pads_with_finite_zeros(shards, tiny_models):
     turns, notes = varied(shards, 3)
     examples, _ = build_examples(turns, notes, TrainConfig(loss="topk_fkl"), world_batch=3, seed=0)
+    examples = examples.to_list()
     batch = OPDCollator(pad_token_id=0)(examples)
-    spans = [len(e["input_ids"]) - e["response_start"] for e in examples]
+    spans = [len(e["response_ids"]) for e in examples]
     width = max(spans)
     assert batch["topk_ids"].shape == (3, width, 20) and batch["weights"].shape == (3, width)
     assert batch["response_mask"].sum(dim=1).tolist() == spans
@@ -237,10 +262,11 @@ def test_the_collator_pads_with_finite_zeros(shards, tiny_models):
         padded = batch[key][~batch["response_mask"]]
         assert torch.isfinite(batch[key].float()).all() and (padded == 0).all(), key
     for row, example in enumerate(examples):
-        assert batch["input_ids"][row, : len(example["input_ids"])].tolist() == example["input_ids"]
-        assert batch["attention_mask"][row].sum() == len(example["input_ids"])
-        start = example["response_start"]
-        assert batch["response_ids"][row, : spans[row]].tolist() == example["input_ids"][start:]
+        ids = example["prompt_ids"] + example["response_ids"]
+        assert batch["input_ids"][row, : len(ids)].tolist() == ids
+        assert batch["attention_mask"][row].sum() == len(ids)
+        assert batch["response_start"][row] == len(example["prompt_ids"])
+        assert batch["response_ids"][row, : spans[row]].tolist() == example["response_ids"]
 
 
 # ------------------------------------------------------------------------------------------- trainer
@@ -256,7 +282,10 @@ def test_the_gradient_does_not_depend_on_the_micro_batch_split(shards, tiny_mode
             loss=loss, per_device_batch_size=micro, gradient_accumulation_steps=accumulate, max_grad_norm=0.0
         )
         examples, _ = build_examples(turns, notes, cfg, world_batch=8, seed=0)
-        assert examples == build_examples(turns, notes, TrainConfig(loss=loss), world_batch=8, seed=0)[0]
+        assert (
+            examples.to_list()
+            == build_examples(turns, notes, TrainConfig(loss=loss), world_batch=8, seed=0)[0].to_list()
+        )
         capture = GradCapture()
         summary = train_student(student, examples, {}, cfg, tmp_path / name, seed=0, callbacks=[capture])
         assert summary.steps == 1 and len(capture.grads) == 1
@@ -409,6 +438,40 @@ def test_trainer_args_reach_sft_config_and_warmup_reads_as_transformers_does(tmp
     assert sft_config(
         TrainConfig(gradient_checkpointing=True), tmp_path, seed=0, cuda=False, bf16=False
     ).activation_checkpointing
+
+
+def test_under_fsdp_activation_checkpointing_fsdp_checkpoints_and_asking_twice_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")  # what configs/accelerate/fsdp2.yaml launches with
+    from pipeline.trainer_args import _activation_checkpointing
+
+    assert _activation_checkpointing(TrainConfig(), cuda=True) is False  # unset: FSDP's, not the model's too
+    with pytest.raises(UserError, match="^train.gradient_checkpointing and the accelerate config's") as info:
+        sft_config(TrainConfig(gradient_checkpointing=True), tmp_path, seed=0, cuda=False, bf16=False)
+    assert "\n" not in str(info.value)
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "false")
+    assert sft_config(
+        TrainConfig(gradient_checkpointing=True), tmp_path, seed=0, cuda=False, bf16=False
+    ).activation_checkpointing
+
+
+def test_float_inputs_stay_float32_where_deepspeed_would_cast_them_to_bf16(shards, tiny_models, tmp_path):
+    """The Trainer casts every float input to DeepSpeed's dtype; the annotation tensors must not lose digits."""
+    turns, notes = shards
+    examples, _ = build_examples(turns[:4], notes[:4], TrainConfig(loss="topk_fkl"), world_batch=4, seed=0)
+    trainer = SageOPDTrainer(
+        model=load_causal_lm(tiny_models["student"], torch.device("cpu"), torch.float32),
+        args=sft_config(TrainConfig(), tmp_path, seed=0, cuda=False, bf16=False),
+        data_collator=OPDCollator(pad_token_id=0),
+        train_dataset=examples,
+        train_config=TrainConfig(loss="topk_fkl"),
+    )
+    trainer.is_deepspeed_enabled = True  # the Trainer's own switch for the cast
+    batch = OPDCollator(pad_token_id=0)(examples.to_list())
+    prepared = trainer._prepare_inputs(batch)
+    for key in ("weights", "teacher_logprobs", "topk_logprobs", "batch_tokens", "gain"):
+        assert prepared[key].dtype == torch.float32 and torch.equal(prepared[key], batch[key]), key
+    assert prepared["input_ids"].dtype == torch.long
 
 
 @pytest.mark.parametrize(

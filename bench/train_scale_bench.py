@@ -4,10 +4,10 @@ Both rows run `sage-opd train` as a child process, as a user would, on copies of
 has already rolled out and annotated:
 - memory: the round as it is, and the same round with its turns ×8 (every episode copied under a new id,
   written through `StageWriter` as rollout and annotate write theirs). The child's peak resident memory
-  comes from the kernel (`wait4`'s ru_maxrss). That number also counts the pages of the memory-mapped
-  Arrow files the process has touched: the page cache, which the kernel takes back under pressure. So the
-  row also gives the peak of anonymous memory (RssAnon, sampled every 20 ms), the memory that only the
-  process can give back, which is what grows with the round when rows are Python objects;
+  is the kernel's high-water mark (VmHWM). That number also counts the pages of the memory-mapped Arrow
+  files the process has touched: page cache, which the kernel takes back under pressure. So a second row
+  gives the peak of anonymous memory (RssAnon), the memory only the process can give back, which is what
+  grows with the round when its rows are Python objects;
 - data parallel: the same optimizer batches trained by one process with 2 threads and by
   `torchrun --nproc_per_node 2` with 1 thread each, on the same 2 cores; tokens trained per second of
   the Trainer's own runtime.
@@ -75,24 +75,26 @@ def train_command(config_path: str, config: Config, *settings: str, processes: i
 
 
 def peak_memory(command: list[str], env: dict[str, str] | None = None) -> tuple[int, int]:
-    """(peak resident bytes, peak anonymous resident bytes) of `command` run to its end; it must succeed."""
+    """(peak resident bytes, peak anonymous resident bytes) of `command` run to its end; it must succeed.
+
+    Read from /proc every 20 ms: the kernel's own high-water mark (VmHWM) and the largest RssAnon seen.
+    (Not `wait4`'s ru_maxrss: it keeps the pages the child shared with this big process between fork and exec.)
+    """
+    peaks = {"VmHWM:": 0, "RssAnon:": 0}
     with tempfile.TemporaryFile() as errors:
         child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
-        status, anonymous = Path(f"/proc/{child.pid}/status"), 0
-        while True:
-            pid, code, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            with contextlib.suppress(OSError):  # the process may end between wait4 and the read
+        status = Path(f"/proc/{child.pid}/status")
+        while child.poll() is None:
+            with contextlib.suppress(OSError):  # the process may end between poll and read
                 for line in status.read_text().splitlines():
-                    if line.startswith("RssAnon:"):
-                        anonymous = max(anonymous, int(line.split()[1]) * 1024)
+                    name, value, *_ = [*line.split(), ""]
+                    if name in peaks:
+                        peaks[name] = max(peaks[name], int(value) * 1024)
             time.sleep(0.02)
-        child.returncode = os.waitstatus_to_exitcode(code)
         if child.returncode:
             errors.seek(0)
             raise RuntimeError(f"{' '.join(command)} failed: {errors.read().decode(errors='replace')[-2000:]}")
-    return usage.ru_maxrss * 1024, anonymous
+    return peaks["VmHWM:"], peaks["RssAnon:"]
 
 
 def train_memory(config_path: str, config: Config, scale: int = 8) -> list[Row]:

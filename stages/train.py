@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import typer
@@ -17,8 +18,10 @@ def summary_line(result: TrainResult) -> str:
         return f"train: already done ({result.steps} steps) -> {result.directory}"
     loss = "n/a" if result.mean_loss is None else f"{result.mean_loss:.4f}"
     stats = result.stats
+    processes = (result.provenance or {}).get("world_size", 1)
+    on = f" on {processes} processes" if processes > 1 else ""
     return (
-        f"train: {result.steps} steps, mean loss {loss}, {stats.get('turns', 0)} turns "
+        f"train: {result.steps} steps{on}, mean loss {loss}, {stats.get('turns', 0)} turns "
         f"({stats.get('skipped_turn_fraction', 0):.0%} skipped) in {result.seconds:.1f}s -> {result.directory}"
     )
 
@@ -37,4 +40,6 @@ def train(
     round_ = pick_round(cfg, round_)
     from pipeline.train import run_train  # torch and TRL: only once the config is known to be good
 
-    typer.echo(summary_line(run_train(cfg, round_, force)))
+    result = run_train(cfg, round_, force)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun or accelerate launch, one line for all ranks
+        typer.echo(summary_line(result))

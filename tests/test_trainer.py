@@ -474,6 +474,24 @@ def test_float_inputs_stay_float32_where_deepspeed_would_cast_them_to_bf16(shard
     assert prepared["input_ids"].dtype == torch.long
 
 
+def test_lora_is_refused_where_the_weights_are_sharded(shards, tiny_models, tmp_path, monkeypatch):
+    """FSDP and ZeRO-3 shard the weights the adapter merges into (neither runs on a CPU: the Trainer's own
+    switch stands in for the launch)."""
+    turns, notes = shards
+    cfg = TrainConfig(per_device_batch_size=4, peft=LoraSettings(r=4, alpha=8.0))
+    examples, stats = build_examples(turns[:4], notes[:4], cfg, world_batch=4, seed=0)
+    made = SageOPDTrainer.__init__
+
+    def sharded(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        self.is_fsdp_enabled = True
+
+    monkeypatch.setattr(SageOPDTrainer, "__init__", sharded)
+    with pytest.raises(UserError, match=r"^train.peft \(LoRA\) merges the adapter into whole weights, which FSDP"):
+        train_student(tiny_models["student"], examples, stats, cfg, tmp_path / "checkpoint", seed=0)
+    assert not (tmp_path / "checkpoint").exists()
+
+
 @pytest.mark.parametrize(
     ("trainer_args", "message"),
     [

@@ -414,6 +414,7 @@ def train_student(
         if cfg.loss == "rkl" and not sampler_is_policy:
             rows = with_policy_logprobs(trainer, rows)
         trainer.train_dataset = rows
+        trainer.accelerator.wait_for_everyone()  # the main process has cleared another training's saved states
         resume = last_saved_state(saves) if saves else None
         try:
             trainer.train(resume_from_checkpoint=None if resume is None else str(resume))

@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[alfworld,dev,tensorboard,peft]"
+	$(BIN)/pip install --quiet -e ".[alfworld,dev,tensorboard,peft,ray]"
 	touch $@
 
 # Idempotent and quick once done: data (the mini benchmark for configs on it) and tiny models of the config.

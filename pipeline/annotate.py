@@ -27,8 +27,8 @@ from pipeline.config import Config
 from pipeline.errors import Interrupted, UserError
 from pipeline.judges import Judgment, LikelihoodJudge, PromptJudge, RulesOnlyJudge, TurnJudge, judge_turns
 from pipeline.locks import writer_lock
-from pipeline.play import ALL_PARTS, Sharding
 from pipeline.runs import RunLayout
+from pipeline.sharding import ALL_PARTS, Sharding
 from pipeline.shards import StageWriter, part_name, stage_fingerprint, verify_stage
 
 

@@ -506,6 +506,32 @@ class RuntimeConfig:
 
 
 @dataclass
+class TaskResources:
+    """What one Ray task of a stage asks the cluster for (`--executor ray`; the local executor ignores it)."""
+
+    num_cpus: float = _help("CPUs per task; torch in the task uses as many threads.", default=1.0)
+    num_gpus: float = _help("GPUs per task (rollout/annotate/eval: each task its own engine).", default=0.0)
+    processes: int = _help(
+        "train only: data-parallel processes the train task launches with torchrun (one per GPU).", default=1
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.num_cpus > 0, f"num_cpus must be positive, not {self.num_cpus}.")
+        _check(self.num_gpus >= 0, f"num_gpus must be 0 or more, not {self.num_gpus}.")
+        _check(self.processes >= 1, f"processes must be 1 or more, not {self.processes}.")
+
+
+@dataclass
+class ResourcesConfig:
+    """Per stage, what each of its Ray tasks asks for."""
+
+    rollout: TaskResources = field(default_factory=TaskResources)
+    annotate: TaskResources = field(default_factory=TaskResources)
+    eval: TaskResources = field(default_factory=TaskResources)
+    train: TaskResources = field(default_factory=TaskResources)
+
+
+@dataclass
 class Config:
     """Everything a round needs. `configs/default.yaml` is the tiny CPU setting."""
 
@@ -522,6 +548,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self) -> None:
         _check(

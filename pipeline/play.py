@@ -35,6 +35,7 @@ from pipeline.locks import writer_lock
 from pipeline.policies import ExpertPolicy, LMPolicy, Policy
 from pipeline.provenance import provenance
 from pipeline.runs import ResolvedPolicy, RunLayout, eval_dir_name, resolve_policy
+from pipeline.sharding import ALL_PARTS, Sharding
 from pipeline.shards import StageWriter, read_stage
 
 SUMMARY_FILE = "summary.json"
@@ -62,22 +63,6 @@ class ProgressSink(Protocol):
     def begin(self, total: int) -> None: ...
 
     def __call__(self, episode: Episode) -> None: ...
-
-
-@dataclass(frozen=True)
-class Sharding:
-    index: int = 0
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise UserError(f"--shard-index must be in [0, --num-shards), got {self.index} of {self.count}")
-
-    def owns(self, part: int) -> bool:
-        return part % self.count == self.index
-
-
-ALL_PARTS = Sharding()  # one process does every part
 
 
 def plan_episodes(config: Config, play: PlayConfig, round_: int) -> tuple[Path, list[EpisodeSpec]]:

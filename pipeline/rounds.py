@@ -21,14 +21,12 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from pipeline.annotate import run_annotate
 from pipeline.atomic import write_text
 from pipeline.config import Config
+from pipeline.executors import LocalExecutor
 from pipeline.losses import LABEL_NAMES
-from pipeline.play import run_eval, run_rollout
 from pipeline.runs import ROUNDS_FILE, RunLayout, next_round, recorded_rounds
 from pipeline.shards import read_manifest, read_stage
-from pipeline.train import run_train
 from pipeline.trainer_args import check_trainer_settings
 
 
@@ -47,12 +45,14 @@ def success_by_split(summary: dict[str, Any] | None) -> dict[str, float | None]:
     return {split: block["success"] for split, block in (summary or {}).get("splits", {}).items()}
 
 
-def run_round(config: Config, progress_for=None, force: bool = False) -> dict[str, Any]:
+def run_round(config: Config, progress_for=None, force: bool = False, executor: Any = None) -> dict[str, Any]:
     """Run (or finish) the next round; returns the line it appended to rounds.jsonl.
 
     `progress_for(stage, round)` may return a progress sink for a stage (the CLI's bars). `force` redoes
-    every stage of the round from scratch.
+    every stage of the round from scratch. `executor` (pipeline/executors.py) runs the stages: this
+    process by default, or Ray tasks.
     """
+    executor = executor or LocalExecutor()
     check_trainer_settings(config.train)  # before the rollout, not after it
     layout = RunLayout.of(config)
     round_ = next_round(layout)
@@ -60,19 +60,19 @@ def run_round(config: Config, progress_for=None, force: bool = False) -> dict[st
     def bar(stage: str):
         return progress_for(stage, round_) if progress_for else None
 
-    rollout = run_rollout(config, round_, force=force, progress=bar("rollout"))
+    rollout = executor.stage("rollout", config, round_, force, bar("rollout"))
     seconds = {"rollout": stage_seconds(rollout.directory, "turns")}
     made_by = {"rollout": stage_provenance(rollout.directory, "turns")}
     labels = None
     if config.train.loss != "sft":
-        annotate = run_annotate(config, round_, force=force, progress=bar("annotate"))
+        annotate = executor.stage("annotate", config, round_, force, bar("annotate"))
         seconds["annotate"] = stage_seconds(annotate.directory, "annotations")
         made_by["annotate"] = stage_provenance(annotate.directory, "annotations")
         labels = label_counts(annotate.directory)
-    train = run_train(config, round_, force)
+    train = executor.train(config, round_, force)
     seconds["train"] = round(train.seconds, 2)
     made_by["train"] = train.provenance
-    evaluation = run_eval(config, round_, force=force, progress=bar("eval"))
+    evaluation = executor.stage("eval", config, round_, force, bar("eval"))
     seconds["eval"] = stage_seconds(evaluation.directory, "eval")
     made_by["eval"] = stage_provenance(evaluation.directory, "eval")
     entry: dict[str, Any] = {
@@ -88,7 +88,7 @@ def run_round(config: Config, progress_for=None, force: bool = False) -> dict[st
     }
     if round_ == 1:
         initial = replace(config, eval=replace(config.eval, policy=config.models.student))
-        baseline = run_eval(initial, round_, force=force, progress=bar("eval-initial"))
+        baseline = executor.stage("eval", initial, round_, force, bar("eval-initial"))
         seconds["eval-initial"] = stage_seconds(baseline.directory, "eval")
         made_by["eval-initial"] = stage_provenance(baseline.directory, "eval")
         entry["initial_success"] = success(baseline.summary)

@@ -9,14 +9,18 @@ import typer
 from stages.common import (
     BaseOpt,
     ConfigOpt,
+    ExecutorOpt,
     ForceOpt,
     NumShardsOpt,
+    RayAddressOpt,
     RoundOpt,
     RunOpt,
     SetOpt,
     ShardIndexOpt,
     StageProgress,
     build_config,
+    executor_settings,
+    note,
     pick_round,
     user_errors,
 )
@@ -49,18 +53,21 @@ def annotate(
     judge: JudgeOpt = None,
     out: OutOpt = None,
     shard_index: ShardIndexOpt = 0,
-    num_shards: NumShardsOpt = 1,
+    num_shards: NumShardsOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Label every turn skip/weak/strong and store the teacher's per-token scores."""
+    settings = executor_settings(executor, ray_address, shard_index, num_shards)
     cfg = build_config(config, run, set_, "annotate", base, judge=judge, out=out)
     round_ = pick_round(cfg, round_)
-    from pipeline.annotate import run_annotate  # torch: only once the config is known to be good
-    from pipeline.play import Sharding
+    from pipeline.executors import open_executor  # torch: only once the config is known to be good
 
     progress = StageProgress(f"annotate round {round_}", "turns")
     try:
-        result = run_annotate(cfg, round_, Sharding(shard_index, num_shards), force, progress)
+        with open_executor(settings, note) as runner:
+            result = runner.stage("annotate", cfg, round_, force, progress)
     finally:
         progress.close()
     typer.echo(summary_line(result))

@@ -56,7 +56,14 @@ RunOpt = Annotated[str | None, typer.Option(help="Run name (overrides the config
 RoundOpt = Annotated[int | None, typer.Option("--round", help="Round number (default: the newest round, or 1).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set rollout.num_games=4.")]
 ShardIndexOpt = Annotated[int, typer.Option(help="Which share of the work this process does (0-based).")]
-NumShardsOpt = Annotated[int, typer.Option(help="Into how many shares the work is split across processes.")]
+NumShardsOpt = Annotated[
+    int | None,
+    typer.Option(help="Into how many shares the work is split (processes, or Ray tasks; ray default: what fits)."),
+]
+ExecutorOpt = Annotated[str, typer.Option(help="local (this process) | ray (the shards as tasks on a Ray cluster).")]
+RayAddressOpt = Annotated[
+    str | None, typer.Option(help="A running Ray cluster, host:port (default: a local one started for the command).")
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the stage from scratch, discarding its outputs.")]
 PolicyOpt = Annotated[str | None, typer.Option(help="student | teacher | expert | a checkpoint folder.")]
 SplitOpt = Annotated[list[str] | None, typer.Option("--split", help="ALFWorld split (repeat for several).")]
@@ -249,10 +256,10 @@ def split_success_text(success: dict[str, float | None], episodes: dict[str, int
     return ", ".join(parts)
 
 
-def play_command(section: str, stage: str, doc: str) -> Callable[..., None]:
+def play_command(section: str, doc: str) -> Callable[..., None]:
     """A typer command for a stage that plays games (`rollout`, `eval`): same options, own config section.
 
-    `stage` names its function in `pipeline.play`, imported when the command runs (see the module docstring).
+    The stage runs through `pipeline.executors`, imported when the command runs (see the module docstring).
     """
 
     @user_errors
@@ -267,9 +274,12 @@ def play_command(section: str, stage: str, doc: str) -> Callable[..., None]:
         num_games: NumGamesOpt = None,
         samples_per_game: SamplesOpt = None,
         shard_index: ShardIndexOpt = 0,
-        num_shards: NumShardsOpt = 1,
+        num_shards: NumShardsOpt = None,
+        executor: ExecutorOpt = "local",
+        ray_address: RayAddressOpt = None,
         force: ForceOpt = False,
     ) -> None:
+        settings = executor_settings(executor, ray_address, shard_index, num_shards)
         cfg = build_config(
             config,
             run,
@@ -282,13 +292,21 @@ def play_command(section: str, stage: str, doc: str) -> Callable[..., None]:
             samples_per_game=samples_per_game,
         )
         round_ = pick_round(cfg, round_)
-        play = importlib.import_module("pipeline.play")
+        executors = importlib.import_module("pipeline.executors")
         progress = EpisodeProgress(f"{section} round {round_}")
         try:
-            result = getattr(play, stage)(cfg, round_, play.Sharding(shard_index, num_shards), force, progress)
+            with executors.open_executor(settings, note) as runner:
+                result = runner.stage(section, cfg, round_, force, progress)
         finally:
             progress.close()
         typer.echo(play_summary_line(section, result))
 
     command.__doc__ = doc
     return command
+
+
+def executor_settings(kind: str, address: str | None, shard_index: int = 0, num_shards: int | None = None) -> Any:
+    """The command line's executor options, checked before any config or model is read."""
+    from pipeline.executors import ExecutorSettings
+
+    return ExecutorSettings(kind, address, shard_index, num_shards)

@@ -2,6 +2,4 @@
 
 from stages.common import play_command
 
-evaluate = play_command(
-    "eval", "run_eval", "Evaluate the student (or --policy) on the eval splits at the eval temperature."
-)
+evaluate = play_command("eval", "Evaluate the student (or --policy) on the eval splits at the eval temperature.")

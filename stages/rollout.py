@@ -2,6 +2,4 @@
 
 from stages.common import play_command
 
-rollout = play_command(
-    "rollout", "run_rollout", "Play games with the student (or --policy) and write one Parquet row per turn."
-)
+rollout = play_command("rollout", "Play games with the student (or --policy) and write one Parquet row per turn.")

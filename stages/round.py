@@ -6,15 +6,21 @@ from typing import Any
 
 import typer
 
+from pipeline.errors import UserError
 from stages.common import (
     BaseOpt,
     ConfigOpt,
     EpisodeProgress,
+    ExecutorOpt,
     ForceOpt,
+    NumShardsOpt,
+    RayAddressOpt,
     RunOpt,
     SetOpt,
     StageProgress,
     build_config,
+    executor_settings,
+    note,
     split_success_text,
     user_errors,
 )
@@ -41,11 +47,22 @@ def summary_line(entry: dict[str, Any], where: str) -> str:
 
 @user_errors
 def round_(
-    config: ConfigOpt = None, base: BaseOpt = None, run: RunOpt = None, set_: SetOpt = None, force: ForceOpt = False
+    config: ConfigOpt = None,
+    base: BaseOpt = None,
+    run: RunOpt = None,
+    set_: SetOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    num_shards: NumShardsOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Run the next round of a run (or finish the one a stop interrupted; with --force, redo it from scratch)."""
+    if num_shards is not None and executor != "ray":
+        raise UserError("--num-shards on round needs --executor ray: a round's process plays every shard itself")
+    settings = executor_settings(executor, ray_address, num_shards=num_shards)
     cfg = build_config(config, run, set_, base=base)
-    from pipeline.rounds import rounds_path, run_round  # every stage's torch and TRL: only for a good config
+    from pipeline.executors import open_executor  # every stage's torch and TRL: only for a good config
+    from pipeline.rounds import rounds_path, run_round
 
     bars: list[StageProgress] = []
 
@@ -59,7 +76,8 @@ def round_(
         return bar
 
     try:
-        entry = run_round(cfg, progress_for, force)
+        with open_executor(settings, note) as runner:
+            entry = run_round(cfg, progress_for, force, runner)
     finally:
         for bar in bars:
             bar.close()

@@ -19,12 +19,12 @@ import pytest
 from conftest import DEFAULT_CONFIG, wait_until_a_part_is_listed
 from typer.testing import CliRunner
 
-from pipeline import rounds as rounds_module
 from pipeline import shards
 from pipeline.atomic import atomic_dir
 from pipeline.checkpoints import RECORD_FILE, model_fingerprint, read_record
 from pipeline.config import Config, load_config
 from pipeline.errors import StorageError, UserError
+from pipeline.executors import LocalExecutor
 from pipeline.locks import writer_lock
 from pipeline.losses import LABEL_NAMES
 from pipeline.rounds import ROUNDS_FILE, recorded_rounds, run_round
@@ -93,16 +93,16 @@ def finished_round(tmp_path_factory, small_settings):
     """Round 1 made the hard way: a first `round` stopped by Ctrl-C in training, a second one finishing it."""
     runs_dir = tmp_path_factory.mktemp("finished") / "runs"
     config = load_config(DEFAULT_CONFIG, settings_for(runs_dir, small_settings))
-    real_train = rounds_module.run_train
+    real_train = LocalExecutor.train
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(rounds_module, "run_train", stopped)
+        patch.setattr(LocalExecutor, "train", stopped)
         with pytest.raises(KeyboardInterrupt):
             run_round(config)
-    assert rounds_module.run_train is real_train and recorded_rounds(RunLayout.of(config)) == []
+    assert LocalExecutor.train is real_train and recorded_rounds(RunLayout.of(config)) == []
     entry = run_round(config)
     return config, entry
 

@@ -9,11 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from typer.testing import CliRunner
 
-from pipeline import rounds as rounds_module
 from pipeline import train as train_module
 from pipeline.annotate import run_annotate
 from pipeline.checkpoints import TRAIN_LOG, read_train_log
 from pipeline.errors import StorageError, UserError
+from pipeline.executors import LocalExecutor
 from pipeline.play import run_rollout
 from pipeline.provenance import code_version
 from pipeline.rounds import ROUNDS_FILE, next_round, recorded_rounds, run_round
@@ -176,7 +176,7 @@ def test_rounds_append_lines_and_a_stopped_round_carries_on(make_config, monkeyp
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rounds_module, "run_train", stop)
+    monkeypatch.setattr(LocalExecutor, "train", stop)
     with pytest.raises(KeyboardInterrupt):
         run_round(config)
     layout = RunLayout.of(config)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import pyarrow.parquet as pq
 import torch
+from transformers import AutoConfig
 
 from pipeline.backends.factory import Teacher, backend_provenance, load_teacher, stage_backend
 from pipeline.backends.hf import load_tokenizer
@@ -57,6 +58,23 @@ def check_same_vocabulary(student, teacher, student_name: str, teacher_name: str
         )
 
 
+def head_rows(model: str) -> int:
+    """Rows of a checkpoint's output head: its config's vocab_size, which may be padded past the tokenizer."""
+    return AutoConfig.from_pretrained(model).get_text_config().vocab_size
+
+
+def scored_ids(student_rows: int, teacher_rows: int, student_name: str, teacher_name: str) -> int:
+    """How many token ids the teacher scores: the student's head. Over one tokenizer, a teacher head with more
+    rows (Qwen2.5-7B's 152,064 over 1.5B's 151,936) is cut to the student's, so every top-k id is one the
+    student can score; a teacher head with fewer rows cannot score every id the student may sample."""
+    if teacher_rows < student_rows:
+        raise UserError(
+            f"output heads differ (the tokenizers are the same): teacher {teacher_name} has {teacher_rows} rows, "
+            f"fewer than student {student_name}'s {student_rows}, so it cannot score every id the student samples"
+        )
+    return student_rows
+
+
 def episode_histories(rows: list[dict[str, Any]]) -> list[list[tuple[str, str]]]:
     """For each row, the (observation, action) pairs of its episode's earlier turns, oldest first."""
     by_episode: dict[str, list[dict[str, Any]]] = {}
@@ -91,8 +109,8 @@ def annotation_row(turn: dict[str, Any], judgment: Judgment, scores, teacher: st
 class Annotator:
     """One teacher, one judge, one scorer: annotates lists of turn rows."""
 
-    def __init__(self, config: Config, teacher_tokenizer) -> None:
-        teacher = load_teacher(config, teacher_tokenizer)
+    def __init__(self, config: Config, teacher_tokenizer, scored_ids: int | None = None) -> None:
+        teacher = load_teacher(config, teacher_tokenizer, scored_ids)
         self.teacher = config.models.teacher
         self.batch = config.annotate.turns_per_batch
         self.scorer = teacher.scorer
@@ -142,6 +160,8 @@ def run_annotate(
     teacher_tokenizer = load_tokenizer(config.models.teacher)
     check_model_dir(student_path)
     check_same_vocabulary(load_tokenizer(student_path), teacher_tokenizer, student_path, config.models.teacher)
+    teacher_rows = head_rows(config.models.teacher)
+    scored = scored_ids(head_rows(student_path), teacher_rows, student_path, config.models.teacher)
 
     num_parts = turns_manifest["num_parts"]
     directory = layout.stage_dir(round_, config.annotate.out)
@@ -156,6 +176,9 @@ def run_annotate(
                 "think": config.env.think,
                 "history": config.env.history,
                 "dtype": config.sampling.dtype,
+                "backend": config.sampling.backend,
+                # scored_ids < head_rows: the teacher's distribution was cut to the student's ids (padded head)
+                "teacher_vocab": {"head_rows": teacher_rows, "scored_ids": scored},
             },
             inputs={"turns": stage_fingerprint(turns_dir, "turns"), "teacher": teacher_content},
             models={"teacher": config.models.teacher, "student_tokenizer": student_path},
@@ -166,7 +189,9 @@ def run_annotate(
         result = AnnotateResult(writer.directory, parts_skipped=len(mine) - len(todo))
         if todo:
             try:
-                _annotate_parts(config, turns_dir, turns_manifest, teacher_tokenizer, todo, writer, result, progress)
+                _annotate_parts(
+                    config, turns_dir, turns_manifest, teacher_tokenizer, scored, todo, writer, result, progress
+                )
             except KeyboardInterrupt:
                 kept = num_parts - len(writer.pending(range(num_parts)))
                 raise Interrupted(
@@ -182,6 +207,7 @@ def _annotate_parts(
     turns_dir: Path,
     turns_manifest: dict[str, Any],
     teacher_tokenizer,
+    scored: int,
     todo: list[int],
     writer: StageWriter,
     result: AnnotateResult,
@@ -190,7 +216,7 @@ def _annotate_parts(
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
     with stage_backend(config):
-        annotator = Annotator(config, teacher_tokenizer)
+        annotator = Annotator(config, teacher_tokenizer, scored)
         if progress is not None:
             progress.begin(sum(turns_manifest["parts"][part_name(i)]["rows"] for i in todo))
         for index in todo:

@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from pipeline import annotate as annotate_module
@@ -178,3 +179,51 @@ def test_annotate_command_ends_with_a_summary_line(rolled_out, tiny_models, tmp_
     strong = sum(bool(rule_flags(t)) for _, t in turns.iterrows())
     assert line.startswith(f"annotate: 12 turns annotated (skip 0 / weak {12 - strong} / strong {strong}; by rule 12)")
     assert line.endswith("[complete]")
+
+
+def padded_copy(model_dir, folder, extra_rows: int = 64):
+    """The checkpoint with its output head padded past its tokenizer, as Qwen pads its larger models."""
+    model = load_causal_lm(model_dir, torch.device("cpu"), torch.float32)
+    rows = model.get_output_embeddings().out_features
+    model.resize_token_embeddings(rows + extra_rows, mean_resizing=False)
+    with torch.no_grad():  # padded rows that matter: softmax over the whole head would give them real mass
+        model.get_output_embeddings().weight[rows:] = model.get_output_embeddings().weight[:extra_rows] * 2
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
+    return rows, model
+
+
+def test_a_padded_teacher_head_is_cut_to_the_students_ids_before_the_softmax(rolled_out, make_config, tmp_path):
+    config, turns_dir = rolled_out
+    rows, teacher = padded_copy(config.models.teacher, tmp_path / "padded-teacher")
+    padded = make_config("rollout.num_games=4", "env.max_steps=3", f"models.teacher={tmp_path / 'padded-teacher'}")
+    result = run_annotate(padded, 1)
+    manifest = json.loads((result.directory / MANIFEST_NAME).read_text())
+    assert manifest["config"]["teacher_vocab"] == {"head_rows": rows + 64, "scored_ids": rows}
+    assert manifest["config"]["backend"] == "hf"
+    turns, notes = joined(padded, turns_dir)
+    for (_, turn), (_, note) in zip(turns.iterrows(), notes.iterrows(), strict=True):
+        prompt, response = list(turn["prompt_ids"]), list(turn["response_ids"])
+        with torch.no_grad():
+            logits = teacher(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1].float()
+        cut, whole = torch.log_softmax(logits[:, :rows], -1), torch.log_softmax(logits, -1)
+        picked = torch.arange(len(response)), response
+        np.testing.assert_allclose(note["teacher_logprobs"], cut[picked].numpy(), atol=1e-5)
+        assert not np.allclose(note["teacher_logprobs"], whole[picked].numpy(), atol=1e-3)  # the cut mattered
+        assert np.stack(note["topk_ids"]).max() < rows
+        np.testing.assert_allclose(np.stack(note["topk_logprobs"]), cut.topk(20, -1).values.numpy(), atol=1e-5)
+
+
+def test_a_student_head_larger_than_the_teachers_is_refused_naming_the_heads(make_config, tmp_path):
+    config = make_config()
+    rows, _ = padded_copy(config.models.student, tmp_path / "padded-student")
+    with pytest.raises(UserError) as info:
+        annotate_module.scored_ids(
+            annotate_module.head_rows(str(tmp_path / "padded-student")),
+            annotate_module.head_rows(config.models.teacher),
+            "student-dir",
+            "teacher-dir",
+        )
+    message = str(info.value)
+    assert message.startswith("output heads differ (the tokenizers are the same): teacher teacher-dir has ")
+    assert f"fewer than student student-dir's {rows + 64}" in message

@@ -19,6 +19,7 @@ import torch
 from pipeline.backends.hf import HFGenerator, SamplingDistribution, load_causal_lm, load_tokenizer
 from pipeline.backends.hf_score import HFScorer
 from pipeline.config import load_config
+from pipeline.errors import UserError
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; unset, vLLM's CPU build reserves most of the host
 if os.environ.get("SAGE_OPD_REQUIRE_VLLM"):
@@ -85,6 +86,15 @@ def test_teacher_scores_match_hf(teacher):
         np.testing.assert_array_equal(np.sort(got.topk_ids[distinct], 1), np.sort(want.topk_ids[distinct, :K], 1))
         compared += int(distinct.sum())
     assert compared > 0
+
+
+def test_a_head_cut_to_the_students_ids_is_refused_on_vllm(teacher):
+    """vLLM normalizes log-probs over the whole head: cutting a padded teacher head is the hf backend's job."""
+    _, engine, _ = teacher
+    rows = engine.llm_engine.model_config.get_vocab_size()
+    assert VLLMScorer(engine, k=K, scored_ids=rows).k == K  # the whole head: nothing to cut
+    with pytest.raises(UserError, match=f"the teacher's output head has {rows} rows and the student's {rows - 1}"):
+        VLLMScorer(engine, k=K, scored_ids=rows - 1)
 
 
 def test_action_scores_match_hf(teacher):

@@ -65,16 +65,20 @@ def load_generator(config: Config, model: str, tokenizer) -> Generator:
     return HFGenerator(load_hf_model(config, model), tokenizer)
 
 
-def load_teacher(config: Config, tokenizer) -> Teacher:
-    """`models.teacher` loaded once, its scorer and generator sharing the model (or the engine)."""
+def load_teacher(config: Config, tokenizer, scored_ids: int | None = None) -> Teacher:
+    """`models.teacher` loaded once, its scorer and generator sharing the model (or the engine). `scored_ids`
+    (see `annotate.scored_ids`) cuts the teacher's distribution to the first ids of its head; None keeps all."""
     model, settings = config.models.teacher, config.annotate
     if config.sampling.backend == "vllm":
         from pipeline.backends.vllm import VLLMGenerator, VLLMScorer, engine_for
 
         engine = engine_for(config, model)
-        return Teacher(VLLMScorer(engine, k=settings.topk), VLLMGenerator(engine, tokenizer, model))
+        scorer = VLLMScorer(engine, k=settings.topk, scored_ids=scored_ids)
+        return Teacher(scorer, VLLMGenerator(engine, tokenizer, model))
     loaded = load_hf_model(config, model)
-    scorer = HFScorer(loaded, k=settings.topk, max_tokens_per_batch=settings.max_tokens_per_batch)
+    scorer = HFScorer(
+        loaded, k=settings.topk, max_tokens_per_batch=settings.max_tokens_per_batch, scored_ids=scored_ids
+    )
     return Teacher(scorer, HFGenerator(loaded, tokenizer))
 
 

@@ -60,11 +60,16 @@ def pack_batches(lengths: Sequence[int], max_tokens_per_batch: int) -> list[list
 class HFScorer:
     """Teacher scoring with one causal LM (any device and dtype); reused for every batch of a stage."""
 
-    def __init__(self, model, *, k: int, max_tokens_per_batch: int) -> None:
+    def __init__(self, model, *, k: int, max_tokens_per_batch: int, scored_ids: int | None = None) -> None:
         self.model = model
         self.body = model.get_decoder()
         self.head = model.get_output_embeddings()
-        self.vocab_size = self.head.out_features
+        rows = self.head.out_features
+        if scored_ids is not None and not 1 <= scored_ids <= rows:
+            raise ValueError(f"scored_ids must be between 1 and the teacher's {rows} head rows, got {scored_ids}.")
+        # Log-softmax, top-k and action scores over the first `vocab_size` ids: the whole head, or the part of a
+        # padded head that the student has (the rows past it are cut before the softmax, not after).
+        self.vocab_size = rows if scored_ids is None else scored_ids
         if not 1 <= k <= self.vocab_size:
             raise ValueError(f"top-k must be between 1 and the teacher's vocabulary size {self.vocab_size}, got {k}.")
         if max_tokens_per_batch < 1:
@@ -95,7 +100,7 @@ class HFScorer:
             return []
         require_candidates(prompt_ids, candidates)
         prompt = self.body(input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True)
-        first = torch.log_softmax(self.head(prompt.last_hidden_state[0, -1:]).float(), dim=-1)[0]
+        first = torch.log_softmax(self._logits(prompt.last_hidden_state[0, -1:]), dim=-1)[0]
         totals = first[torch.tensor([c[0] for c in candidates], device=self.device)]
         lengths = [len(prompt_ids) + len(c) - 1 for c in candidates]
         for group in pack_batches(lengths, self.max_tokens_per_batch):
@@ -144,7 +149,11 @@ class HFScorer:
         """Float32 log-softmax of the LM head over [positions, hidden] states, `chunk_positions` rows at a time."""
         for start in range(0, hidden.shape[0], self.chunk_positions):
             span = slice(start, start + self.chunk_positions)
-            yield torch.log_softmax(self.head(hidden[span]).float(), dim=-1), span
+            yield torch.log_softmax(self._logits(hidden[span]), dim=-1), span
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of the scored ids."""
+        return self.head(hidden)[..., : self.vocab_size].float()
 
 
 def cache_argument(body) -> str:

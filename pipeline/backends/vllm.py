@@ -146,8 +146,14 @@ class VLLMGenerator:
 class VLLMScorer:
     """Teacher scoring on an engine; the same calls and arrays as `HFScorer`."""
 
-    def __init__(self, engine: LLM, *, k: int) -> None:
+    def __init__(self, engine: LLM, *, k: int, scored_ids: int | None = None) -> None:
         vocab = engine.llm_engine.model_config.get_vocab_size()
+        if scored_ids is not None and scored_ids < vocab:
+            raise UserError(
+                f"the teacher's output head has {vocab} rows and the student's {scored_ids}: vLLM's log-probs are "
+                "normalized over the whole head and cannot be cut to the student's ids; annotate with "
+                "sampling.backend: hf"
+            )
         if not 1 <= k <= vocab:
             raise ValueError(f"top-k must be between 1 and the teacher's vocabulary size {vocab}, got {k}.")
         self.engine = engine

@@ -31,7 +31,7 @@ SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)  # trained first, so their ids ar
 # ChatML, as Qwen2 uses it (without Qwen's default system message). The assistant's content and its
 # closing <|im_end|> are a {% generation %} span, so `return_assistant_tokens_mask=True` marks the
 # tokens the model is trained to produce.
-CHAT_TEMPLATE = r"""{%- for message in messages %}
+_CHATML_MESSAGES = r"""{%- for message in messages %}
     {%- if message['role'] == 'assistant' %}
         {{- '<|im_start|>assistant\n' }}
         {%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}
@@ -40,10 +40,27 @@ CHAT_TEMPLATE = r"""{%- for message in messages %}
         {{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}
     {%- endif %}
 {%- endfor %}
-{%- if add_generation_prompt %}
+"""
+CHAT_TEMPLATE = (
+    _CHATML_MESSAGES
+    + r"""{%- if add_generation_prompt %}
     {{- '<|im_start|>assistant\n' }}
 {%- endif %}
 """
+)
+# The switch Qwen3's templates have, in our own template: `enable_thinking=False` closes an empty
+# <think></think> block in the generation prompt, so the model answers at once; left out or true, the
+# model opens its own thinking block. For tests of real-model prompts on tiny models.
+THINKING_CHAT_TEMPLATE = (
+    _CHATML_MESSAGES
+    + r"""{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and not enable_thinking %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+"""
+)
 
 
 def _qwen2_pipeline_tokenizer() -> Tokenizer:

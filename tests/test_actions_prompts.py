@@ -67,3 +67,31 @@ def test_system_prompt_follows_the_reasoning_switch():
 def test_the_task_reads_back_from_a_rendered_prompt():
     assert read_task("<|im_start|>user\n" + render_user_message(VIEW) + "<|im_end|>") == "put a mug in desk"
     assert read_task("no task line here") == ""
+
+
+@pytest.mark.parametrize("template", ["chatml", "thinking"])
+def test_the_thinking_switch_reaches_a_qwen3_style_template_and_no_other(template):
+    """`env.think` goes to the template as `enable_thinking`: a Qwen3-style template closes an empty thinking
+    block in the prompt when it is off; plain ChatML renders the same prompt either way."""
+    from pipeline.envs.prompts import PromptRenderer
+    from pipeline.tiny_models import CHAT_TEMPLATE, THINKING_CHAT_TEMPLATE, train_tokenizer
+
+    tokenizer = train_tokenizer(["you see a mug on the desk <think> </think> <action> go to </action>"] * 20, 300)
+    tokenizer.chat_template = THINKING_CHAT_TEMPLATE if template == "thinking" else CHAT_TEMPLATE
+    (off, off_ids), (on, on_ids) = (PromptRenderer(tokenizer, think).render(VIEW) for think in (False, True))
+    assert on.endswith("<|im_start|>assistant\n")
+    if template == "thinking":
+        assert off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        closed = tokenizer("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"]
+        assert off_ids[-len(closed) :] == closed  # the prompt's ids end with the closed block: the response follows
+    else:
+        assert off.endswith("<|im_start|>assistant\n") and off.replace(*_system_prompts()) == on
+    # what a thinking model writes after either prompt parses back to its action
+    said = "<think>\nThe mug is in my hand; the desk is next.\n</think>\n\n<action>go to desk 1</action>"
+    assert parse_action(said, think=True) == parse_action("<action>go to desk 1</action>", think=False)
+
+
+def _system_prompts() -> tuple[str, str]:
+    from pipeline.envs.prompts import SYSTEM_ACTION_ONLY, SYSTEM_WITH_THINKING
+
+    return SYSTEM_ACTION_ONLY, SYSTEM_WITH_THINKING

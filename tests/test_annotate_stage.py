@@ -227,3 +227,38 @@ def test_a_student_head_larger_than_the_teachers_is_refused_naming_the_heads(mak
     message = str(info.value)
     assert message.startswith("output heads differ (the tokenizers are the same): teacher teacher-dir has ")
     assert f"fewer than student student-dir's {rows + 64}" in message
+
+
+@pytest.mark.parametrize("think", [False, True])
+def test_a_qwen3_style_template_keeps_prompts_responses_and_annotations_aligned(
+    make_config, tiny_models, tmp_path, think
+):
+    """The tiny models with a thinking switch in their template (pipeline.tiny_models.THINKING_CHAT_TEMPLATE):
+    with env.think off every prompt ends in the closed empty block, on it leaves the block to the model; the
+    prompt ids are the rendered text's and every annotation column has one entry per response token."""
+    import shutil
+
+    from pipeline.tiny_models import THINKING_CHAT_TEMPLATE
+
+    for name in ("student", "teacher"):
+        shutil.copytree(tiny_models[name], tmp_path / name)
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path / name)
+        tokenizer.chat_template = THINKING_CHAT_TEMPLATE
+        tokenizer.save_pretrained(tmp_path / name)
+    config = make_config(
+        "rollout.num_games=2",
+        "env.max_steps=3",
+        f"env.think={str(think).lower()}",
+        f"models.student={tmp_path / 'student'}",
+        f"models.teacher={tmp_path / 'teacher'}",
+    )
+    turns_dir = run_rollout(config, 1).directory
+    assert run_annotate(config, 1).complete
+    turns, notes = joined(config, turns_dir)
+    assert notes[["episode_id", "turn"]].values.tolist() == turns[["episode_id", "turn"]].values.tolist()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "student")
+    for (_, turn), (_, note) in zip(turns.iterrows(), notes.iterrows(), strict=True):
+        assert turn["prompt_text"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") is not think
+        assert tokenizer(turn["prompt_text"], add_special_tokens=False)["input_ids"] == list(turn["prompt_ids"])
+        for column in ("teacher_logprobs", "topk_ids", "topk_logprobs", "confidence"):
+            assert len(note[column]) == len(turn["response_ids"]) == len(turn["sampler_logprobs"]), column

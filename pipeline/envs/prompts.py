@@ -69,7 +69,13 @@ def format_response(action: str, reasoning: str | None = None) -> str:
 
 
 class PromptRenderer:
-    """Turns a `TurnView` into prompt text and token ids with a tokenizer's chat template."""
+    """Turns a `TurnView` into prompt text and token ids with a tokenizer's chat template.
+
+    `think` also goes to the template as `enable_thinking`, the switch of Qwen3's templates: off, the
+    template closes an empty thinking block in the prompt and the model answers with the action at once;
+    on, the model reasons in its own <think></think> block before the action. Templates without the
+    switch ignore it.
+    """
 
     def __init__(self, tokenizer, think: bool) -> None:
         self.tokenizer = tokenizer
@@ -77,7 +83,7 @@ class PromptRenderer:
 
     def render(self, view: TurnView) -> tuple[str, list[int]]:
         text = self.tokenizer.apply_chat_template(
-            build_messages(view, self.think), add_generation_prompt=True, tokenize=False
+            build_messages(view, self.think), add_generation_prompt=True, tokenize=False, enable_thinking=self.think
         )
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return text, list(ids)

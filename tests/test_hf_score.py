@@ -213,3 +213,32 @@ def test_pack_batches_respects_the_budget_and_keeps_every_index():
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
     for batch in batches:
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 24
+
+
+def test_a_real_vocabulary_and_real_lengths_score_in_bounded_blocks(tokenizer):
+    """Qwen2.5-7B's padded head (152,064 rows) cut to 1.5B's 151,936 ids, a ~2k-token prompt and a 512-token
+    response: the head sees [chunk, hidden] blocks whose float32 logits are no bigger than the body's output,
+    and the numbers equal a direct log-softmax at the positions checked."""
+    model = build_tiny_model(tokenizer, STUDENT_SPEC, seed=3)
+    model.resize_token_embeddings(152_064, mean_resizing=False)
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, len(tokenizer), (2048,), generator=generator).tolist()
+    response = torch.randint(0, len(tokenizer), (512,), generator=generator).tolist()
+    blocks = []
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: blocks.append(tuple(out.shape)))
+    try:
+        scorer = HFScorer(model, k=20, max_tokens_per_batch=4096, scored_ids=151_936)
+        (scores,) = scorer.score([(prompt, response)])
+    finally:
+        handle.remove()
+    hidden = model.config.hidden_size
+    assert max(rows * columns for rows, columns in blocks) <= 4096 * hidden  # never [batch, seq, vocab] logits
+    assert sum(rows for rows, _ in blocks) == 512 and scores.topk_ids.shape == (512, 20)
+    assert scores.topk_ids.max() < 151_936
+    with torch.no_grad():
+        states = model.model(torch.tensor([prompt + response])).last_hidden_state[0]
+        for j in (0, 255, 511):  # response token j is predicted at position len(prompt) - 1 + j
+            logits = model.lm_head(states[len(prompt) - 1 + j])[:151_936].float()
+            expected = torch.log_softmax(logits, -1)
+            assert scores.teacher_logprobs[j] == pytest.approx(expected[response[j]].item(), abs=1e-4)
+            np.testing.assert_allclose(scores.topk_logprobs[j], expected.topk(20).values.numpy(), atol=1e-4)

@@ -58,6 +58,13 @@ def check_same_vocabulary(student, teacher, student_name: str, teacher_name: str
         )
 
 
+def judge_context(config: Config) -> int:
+    """Tokens the teacher takes, request and answer: `sampling.max_model_len`, else its config's own limit."""
+    if config.sampling.max_model_len:
+        return config.sampling.max_model_len
+    return AutoConfig.from_pretrained(config.models.teacher).get_text_config().max_position_embeddings
+
+
 def head_rows(model: str) -> int:
     """Rows of a checkpoint's output head: its config's vocab_size, which may be padded past the tokenizer."""
     return AutoConfig.from_pretrained(model).get_text_config().vocab_size
@@ -121,7 +128,8 @@ class Annotator:
         if settings.judge == "likelihood":
             return LikelihoodJudge(teacher.scorer, tokenizer, settings.strong_below, config.env.think)
         if settings.judge == "prompt":
-            return PromptJudge(teacher.generator, settings.judge_max_new_tokens, config.env.history)
+            room = judge_context(config) - settings.judge_max_new_tokens
+            return PromptJudge(teacher.generator, settings.judge_max_new_tokens, config.env.history, room)
         return RulesOnlyJudge()
 
     def annotate(

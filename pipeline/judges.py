@@ -21,8 +21,10 @@ from typing import Any, Protocol
 from pipeline.backends.factory import Generator, Scorer
 from pipeline.envs.actions import NOTHING_HAPPENS
 from pipeline.envs.prompts import format_response, read_task
+from pipeline.errors import UserError
 
 LABELS = ("skip", "weak", "strong")
+CUT_MARK = "[…]"  # where the prompt judge cut the front of a text to fit the teacher's context
 LABEL_WORD = re.compile(r"\b(skip|weak|strong)\b", re.IGNORECASE)
 
 
@@ -148,26 +150,29 @@ def parse_judgment(text: str) -> str | None:
 
 
 class PromptJudge:
-    """Asks the teacher for a word, greedily; an unusable answer is `strong` (fallback)."""
+    """Asks the teacher for a word, greedily; an unusable answer is `strong` (fallback).
 
-    def __init__(self, generator: Generator, max_new_tokens: int, history: int) -> None:
+    The request must fit the teacher's context with room for the answer (`max_prompt_tokens`, None: no
+    limit). What the teacher grades stays whole: the game's reply and the question. To fit, the oldest
+    moves go first, then the front of the student's answer (its reasoning; the action at its end stays),
+    then the front of what the student saw; each cut is marked "[…]".
+    """
+
+    def __init__(
+        self, generator: Generator, max_new_tokens: int, history: int, max_prompt_tokens: int | None = None
+    ) -> None:
         self.generator = generator
         self.max_new_tokens = max_new_tokens
         self.history = history
+        self.max_prompt_tokens = max_prompt_tokens
 
     def judge(self, turns: list[dict[str, Any]], histories: list[list[tuple[str, str]]]) -> list[Judgment]:
         if not turns:
             return []
-        tokenizer = self.generator.tokenizer
         prompts = []
         for turn, history in zip(turns, histories, strict=True):
             recent = history[-self.history :] if self.history else []
-            messages = [
-                {"role": "system", "content": JUDGE_SYSTEM},
-                {"role": "user", "content": render_judge_request(turn, recent, read_task(turn["prompt_text"]))},
-            ]
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+            prompts.append(self._fitted_request(turn, recent))
         answers = self.generator.generate(
             prompts, temperature=0.0, top_p=1.0, max_new_tokens=self.max_new_tokens, seed=0
         )
@@ -178,3 +183,40 @@ class PromptJudge:
                 Judgment(label, "judge", (), answer.text) if label else Judgment("strong", "fallback", (), answer.text)
             )
         return judgments
+
+    def _fitted_request(self, turn: dict[str, Any], history: list[tuple[str, str]]) -> list[int]:
+        """The request's token ids, cut (see the class) until it fits `max_prompt_tokens`."""
+        task, limit = read_task(turn["prompt_text"]), self.max_prompt_tokens
+        ids = self._request(turn, history, task)
+        if limit is None:
+            return ids
+        while len(ids) > limit and history:
+            history = history[1:]
+            ids = self._request(turn, history, task)
+        for field in ("response_text", "observation"):
+            whole = self._ids(turn[field])
+            kept = len(whole)
+            while len(ids) > limit and kept > 0:
+                kept = max(0, min(kept - 1, kept - (len(ids) - limit)))  # fewer each time: the loop ends
+                cut = CUT_MARK + self.generator.tokenizer.decode(whole[len(whole) - kept :]) if kept else CUT_MARK
+                turn = {**turn, field: cut}
+                ids = self._request(turn, history, task)
+        if len(ids) > limit:
+            raise UserError(
+                f"the prompt judge's request for episode {turn['episode_id']!r} turn {turn['turn']} needs "
+                f"{len(ids)} tokens with only the game's reply and the question left whole, more than the "
+                f"{limit} the teacher's context leaves: raise sampling.max_model_len or use annotate.judge: likelihood"
+            )
+        return ids
+
+    def _request(self, turn: dict[str, Any], history: list[tuple[str, str]], task: str) -> list[int]:
+        tokenizer = self.generator.tokenizer
+        messages = [
+            {"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": render_judge_request(turn, history, task)},
+        ]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.generator.tokenizer(text, add_special_tokens=False)["input_ids"]

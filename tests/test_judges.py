@@ -6,6 +6,7 @@ import torch
 from pipeline.backends.hf import Generation, load_causal_lm, load_tokenizer
 from pipeline.backends.hf_score import HFScorer
 from pipeline.envs.prompts import PromptRenderer, TurnView, format_response
+from pipeline.errors import UserError
 from pipeline.judges import (
     Judgment,
     LikelihoodJudge,
@@ -115,6 +116,28 @@ def test_prompt_judge_labels_and_falls_back_with_the_raw_answer(tiny_models):
     request = tokenizer.decode(generator.prompts[0])
     assert "Task: put a mug in desk" in request and "The game replied: You arrive at desk 1." in request
     assert "won" not in request.lower() and "reward" not in request.lower()
+
+
+def test_prompt_judge_fits_the_context_keeping_the_reply_and_the_action(tiny_models):
+    """A long reasoning and a long history against a small context: the oldest moves go, then the front of
+    the answer; the game's reply, the question and the action at the answer's end stay whole."""
+    tokenizer = load_tokenizer(tiny_models["teacher"])
+    reasoning = " ".join(["the mug may be on the shelf or in the cabinet"] * 40)
+    turn = {**turn_row(tokenizer), "episode_id": "game-s0", "turn": 6}
+    turn["response_text"] = format_response("go to desk 1", reasoning=reasoning)
+    history = [(f"You arrive at shelf {i}. On the shelf {i}, you see nothing.", f"go to shelf {i}") for i in range(6)]
+    generator = FixedAnswers(tokenizer, ["weak"])
+    whole = len(PromptJudge(generator, max_new_tokens=8, history=6)._request(turn, history, "put a mug in desk"))
+    room = whole // 3
+    (judgment,) = PromptJudge(generator, max_new_tokens=8, history=6, max_prompt_tokens=room).judge([turn], [history])
+    assert judgment == Judgment("weak", "judge", (), "weak")
+    request = tokenizer.decode(generator.prompts[-1])
+    assert len(generator.prompts[-1]) <= room
+    assert "The game replied: You arrive at desk 1." in request and "Grade this move: skip, weak or strong?" in request
+    assert "The student answered: […]" in request and request.count("<action>go to desk 1</action>") == 1
+    assert "shelf 0" not in request  # the oldest move went first
+    with pytest.raises(UserError, match=r"needs \d+ tokens with only the game's reply and the question left whole"):
+        PromptJudge(generator, max_new_tokens=8, history=6, max_prompt_tokens=20).judge([turn], [history])
 
 
 def test_prompt_judge_on_a_real_teacher_keeps_whatever_it_says(tiny_models):

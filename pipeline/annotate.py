@@ -60,14 +60,17 @@ def check_same_vocabulary(student, teacher, student_name: str, teacher_name: str
 
 def judge_context(config: Config) -> int:
     """Tokens the teacher takes, request and answer: `sampling.max_model_len`, else its config's own limit."""
-    if config.sampling.max_model_len:
-        return config.sampling.max_model_len
-    return AutoConfig.from_pretrained(config.models.teacher).get_text_config().max_position_embeddings
+    return config.sampling.max_model_len or _text_config(config.models.teacher).max_position_embeddings
 
 
 def head_rows(model: str) -> int:
     """Rows of a checkpoint's output head: its config's vocab_size, which may be padded past the tokenizer."""
-    return AutoConfig.from_pretrained(model).get_text_config().vocab_size
+    return _text_config(model).vocab_size
+
+
+def _text_config(model: str) -> Any:
+    """The language model's part of a checkpoint's config (the config itself for a text-only model)."""
+    return AutoConfig.from_pretrained(model).get_text_config()
 
 
 def scored_ids(student_rows: int, teacher_rows: int, student_name: str, teacher_name: str) -> int:

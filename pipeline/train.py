@@ -44,7 +44,7 @@ from pipeline.locks import writer_lock
 from pipeline.losses import LABEL_NAMES
 from pipeline.runs import RunLayout
 from pipeline.shards import read_manifest, stage_fingerprint, stage_parts
-from pipeline.train_data import build_examples, round_data
+from pipeline.train_data import build_examples, round_data, world_batch_size
 from pipeline.trainer import train_student
 from pipeline.trainer_args import check_trainer_settings
 
@@ -142,7 +142,7 @@ def _train(config: Config, layout: RunLayout, round_: int, directory: Path, forc
         examples, stats = build_examples(
             *round_data(turns_dir, annotations_dir, settings.loss, cache),
             settings,
-            world_batch=settings.per_device_batch_size * settings.gradient_accumulation_steps * world,
+            world_batch=world_batch_size(settings, world),
             seed=derive_seed(config.seed, round_, "train"),
             cache_dir=cache,
         )

@@ -186,7 +186,7 @@ def _as_dataset(rows: Rows, columns: list[str]) -> datasets.Dataset:
     return datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in columns})
 
 
-def _arrow_column(rows: datasets.Dataset, name: str) -> pa.ChunkedArray:
+def arrow_column(rows: datasets.Dataset, name: str) -> pa.ChunkedArray:
     """One column as Arrow, without converting it to Python (zero-copy on a memory-mapped dataset)."""
     return rows.select_columns([name]).with_format("arrow")[:][name]
 
@@ -196,7 +196,7 @@ def _join(turns: datasets.Dataset, notes: datasets.Dataset | None) -> tuple[list
 
     Only the keys and the list lengths are read: the joined rows themselves are gathered batch by batch."""
     turn_rows = _index(turns, "turn")
-    lengths = pc.list_value_length(_arrow_column(turns, "response_ids")).to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(arrow_column(turns, "response_ids")).to_numpy(zero_copy_only=False)
     if notes is None:
         pairs = {key: (row, -1) for key, row in turn_rows.items()}
     else:
@@ -220,7 +220,7 @@ def _join(turns: datasets.Dataset, notes: datasets.Dataset | None) -> tuple[list
 
 def _index(rows: datasets.Dataset, what: str) -> dict[tuple[str, int], int]:
     """{(episode_id, turn): row number}; a key seen twice is a UserError."""
-    keys = zip(_arrow_column(rows, "episode_id").to_pylist(), _arrow_column(rows, "turn").to_pylist(), strict=True)
+    keys = zip(arrow_column(rows, "episode_id").to_pylist(), arrow_column(rows, "turn").to_pylist(), strict=True)
     indexed: dict[tuple[str, int], int] = {}
     for row, key in enumerate(keys):
         if key in indexed:
@@ -237,7 +237,7 @@ def _check_note_lengths(
     turn_rows = np.array([pairs[key][0] for key in keys], dtype=np.int64)
     note_rows = np.array([pairs[key][1] for key in keys], dtype=np.int64)
     for column in (name for name in PER_TOKEN_NOTES if name in notes.column_names):
-        counts = pc.list_value_length(_arrow_column(notes, column)).to_numpy(zero_copy_only=False)
+        counts = pc.list_value_length(arrow_column(notes, column)).to_numpy(zero_copy_only=False)
         wrong = np.flatnonzero(counts[note_rows] != lengths[turn_rows])
         if wrong.size:
             first = wrong[0]

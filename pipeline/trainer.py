@@ -44,7 +44,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.progress import Progress, open_progress
 from pipeline.provenance import provenance
-from pipeline.train_data import LABELS, UNLABELED, quiet_datasets, with_fillers, world_batch_size
+from pipeline.train_data import LABELS, UNLABELED, arrow_column, quiet_datasets, with_fillers, world_batch_size
 from pipeline.trainer_args import sft_config, tracker_dirs
 
 LABEL_INDEX = {name: index for index, name in enumerate((*LABELS, UNLABELED))}
@@ -464,12 +464,13 @@ def _save_checkpoint(trainer: SFTTrainer, folder: Path) -> None:
         return
     from pipeline.lora import save_merged
 
-    save_merged(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, folder)
+    if trainer.is_world_process_zero():  # save_model keeps the other ranks from writing; the merge must too
+        save_merged(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, folder)
 
 
 def _check_batch_layout(examples: datasets.Dataset, world_batch: int) -> None:
     """The weights were normalized per optimizer batch: refuse examples cut for another batch size."""
-    index = examples.select_columns(["batch_index"]).with_format("arrow")[:]["batch_index"].to_numpy()
+    index = arrow_column(examples, "batch_index").to_numpy()
     if (index != np.arange(len(index)) // world_batch).any():
         raise ValueError(
             f"examples were built for another optimizer batch size than this trainer's {world_batch} rows "

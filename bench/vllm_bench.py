@@ -1,4 +1,5 @@
-"""`make bench` rows for the vllm backend: tokens/s of rollout generation and of annotate scoring, vllm over hf.
+"""`make bench` rows for the vllm backend: rollout generation tokens/s, vllm over hf, and annotate scoring
+tokens/s of hf, of hf without prefix reuse and of vllm (`prompt_logprobs`) over a bare batched forward.
 
 vLLM lives in its own virtualenv (`make vllm-cpu-env`: .venv-vllm), so `make bench`, which runs in .venv,
 starts this module there as a subprocess. That one process loads both backends through the same factory
@@ -6,9 +7,9 @@ the stages use and times them on the same models, the bench run's own round-1 tu
 rollout generation is the student answering the turns' prompts `sampling.batch_size` at a time, annotate
 scoring is the teacher scoring them `annotate.turns_per_batch` at a time. Engine start-up is not timed (a
 stage pays it once); each side runs twice, alternating, and keeps its best time. Without the virtualenv
-the rows are left out, with a note. Run alone: `.venv-vllm/bin/python -m bench.vllm_bench OUT.json
---config configs/default.yaml --set run=bench --set runs_dir=data/bench/runs` (after `make bench` made
-the turns).
+the vllm rows are left out, with a note, and `make bench` measures the scoring rows without vllm. Run
+alone: `.venv-vllm/bin/python -m bench.vllm_bench OUT.json --config configs/default.yaml --set run=bench
+--set runs_dir=data/bench/runs` (after `make bench` made the turns).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from bench.annotate_bench import hf_scorers, scoring_rows
 from bench.table import Row, print_table
 from pipeline.backends.factory import load_generator, load_teacher
 from pipeline.backends.hf import load_tokenizer
@@ -52,14 +54,14 @@ def vllm_rows(config_path: str, config: Config) -> list[Row]:
 
 
 def measure(config: Config) -> list[Row]:
-    """Both rows, in this process (which must have vLLM)."""
+    """The generation row and the scoring rows, in this process (which must have vLLM)."""
     turns = read_stage(RunLayout.of(config).stage_dir(1, "turns"), "turns").to_pylist()
     prompts = [list(t["prompt_ids"]) for t in turns]
-    items = [(list(t["prompt_ids"]), list(t["response_ids"])) for t in turns]
     tokenizer = load_tokenizer(config.models.teacher)
     backends = {name: replace(config, sampling=replace(config.sampling, backend=name)) for name in ("hf", "vllm")}
     generators = {name: load_generator(c, c.models.student, tokenizer) for name, c in backends.items()}
     scorers = {name: load_teacher(c, tokenizer).scorer for name, c in backends.items()}
+    teacher = scorers["hf"].model
     sampling, size = config.sampling, config.sampling.batch_size
 
     def generate(name: str) -> int:
@@ -68,16 +70,10 @@ def measure(config: Config) -> list[Row]:
         generated = [generators[name].generate(b, **settings, seed=i) for i, b in enumerate(batches)]
         return sum(len(g.ids) for batch in generated for g in batch)
 
-    def score(name: str) -> int:
-        step = config.annotate.turns_per_batch
-        for start in range(0, len(items), step):
-            scorers[name].score(items[start : start + step])
-        return sum(len(p) + len(r) for p, r in items)
-
-    return [
-        _ratio_row("rollout generation tokens/s, vllm / hf", generate, f"{len(prompts)} prompts, batches of {size}"),
-        _ratio_row("annotate scoring tokens/s, vllm / hf", score, f"{len(items)} turns, k={config.annotate.topk}"),
-    ]
+    generation = _ratio_row(
+        "rollout generation tokens/s, vllm / hf", generate, f"{len(prompts)} prompts, batches of {size}"
+    )
+    return [generation, *scoring_rows({**hf_scorers(teacher, config), "vllm": scorers["vllm"]}, teacher, turns, config)]
 
 
 def _ratio_row(name: str, work: Callable[[str], int], what: str) -> Row:

@@ -29,6 +29,7 @@ from pipeline.errors import Interrupted, UserError
 from pipeline.judges import Judgment, LikelihoodJudge, PromptJudge, RulesOnlyJudge, TurnJudge, judge_turns
 from pipeline.locks import writer_lock
 from pipeline.runs import RunLayout
+from pipeline.schema import upgrade
 from pipeline.sharding import ALL_PARTS, Sharding
 from pipeline.shards import StageWriter, part_name, stage_fingerprint, verify_stage
 
@@ -232,7 +233,8 @@ def _annotate_parts(
             progress.begin(sum(turns_manifest["parts"][part_name(i)]["rows"] for i in todo))
         for index in todo:
             tick = time.perf_counter()
-            rows = pq.read_table(turns_dir / part_name(index)).to_pylist()
+            part = pq.read_table(turns_dir / part_name(index))
+            rows = upgrade(part, "turns", turns_manifest["schema_version"]).to_pylist()
             annotations = annotator.annotate(rows, progress.advance if progress is not None else None)
             writer.write_part(index, annotations, seconds=time.perf_counter() - tick)
             result.parts_written += 1

@@ -336,6 +336,12 @@ class TrainConfig:
         "Recompute activations in the backward pass (less memory, ~30% more compute); unset: on with CUDA.",
         default=None,
     )
+    head_chunk_tokens: int = _help(
+        "Response positions the LM head and its log-softmax take at once; a micro-batch with more is split, "
+        "each piece recomputed in the backward pass, so only [head_chunk_tokens, vocab] logits exist at a time "
+        "(at Qwen's 152k vocabulary, 1024 positions are 0.6 GB in float32).",
+        default=1024,
+    )
     report_to: list[str] = _help(
         "Trackers that get every logged step, as TRL names them (tensorboard, wandb, trackio, mlflow, ...); "
         "their files go to round-NNN/logs/. The steps are also kept in the checkpoint's train_log.jsonl.",
@@ -371,6 +377,7 @@ class TrainConfig:
         )
         _check(self.logging_steps >= 1, f"logging_steps must be at least 1, not {self.logging_steps}.")
         _check(self.save_steps >= 0, f"save_steps must be 0 (never) or more, not {self.save_steps}.")
+        _check(self.head_chunk_tokens >= 1, f"head_chunk_tokens must be at least 1, not {self.head_chunk_tokens}.")
         _check(
             0 <= self.warmup_steps < 1 or self.warmup_steps == int(self.warmup_steps),
             f"warmup_steps must be a whole number of steps or a share in [0, 1), not {self.warmup_steps}.",

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline.envs.actions import NOTHING_HAPPENS, parse_action
+from pipeline.envs.actions import NOTHING_HAPPENS, UNFINISHED, parse_action
 from pipeline.envs.alfworld_env import EnvFailure, EnvStep
 from pipeline.envs.games import Game
 from pipeline.envs.prompts import PromptRenderer, TurnView
@@ -155,7 +155,7 @@ class EpisodeRunner:
         actions = {}
         for (slot, (prompt_text, prompt_ids)), response in zip(rendered.items(), responses, strict=True):
             ep = active[slot]
-            parsed = parse_action(response.text, self.think)
+            parsed = UNFINISHED if response.truncated else parse_action(response.text, self.think)
             ep.turns.append(
                 {
                     "turn": len(ep.turns),
@@ -166,6 +166,7 @@ class EpisodeRunner:
                     "sampler_logprobs": response.logprobs,
                     "action": parsed.action,
                     "format_ok": parsed.format_ok,
+                    "truncated": response.truncated,
                     "admissible": parsed.action in ep.admissible,
                     "observation": ep.observation,
                     "admissible_commands": list(ep.admissible),

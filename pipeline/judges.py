@@ -39,6 +39,7 @@ class Judgment:
 def rule_flags(turn: dict[str, Any]) -> tuple[str, ...]:
     """The environment-feedback rules that fire on a turn (any of them makes it `strong`)."""
     checks = {
+        "truncated": turn["truncated"],
         "malformed": not turn["format_ok"],
         "not_admissible": not turn["admissible"],
         "nothing_happens": turn["feedback"] == NOTHING_HAPPENS,

@@ -3,7 +3,9 @@
 Rollout, annotate, train and eval run as separate commands (often separate processes or machines) and
 share nothing but files on disk. Pinning every column's name, order and type here lets a stage refuse
 data it does not understand, and lets anyone open a shard with pandas, datasets or duckdb without our
-code. Bump `SCHEMA_VERSION` whenever a schema changes: readers refuse shards of another version.
+code. Bump `SCHEMA_VERSION` whenever a schema changes, and say in `OLDER_VERSIONS` what the older shards
+lack: readers take those (a finished run stays readable, its missing columns filled in), writers never
+add parts to them, and any other version is refused.
 
 Absent text is "" and an empty list is [], never null. Only the columns built with `_nullable` may hold
 null: `error` (the environment raised; the episode ended as failed) and `judge_output` (no judge ran
@@ -17,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _INT_LIST = pa.list_(pa.int32())
 _FLOAT_LIST = pa.list_(pa.float32())
@@ -50,6 +52,8 @@ TURNS_SCHEMA = pa.schema(
         _required("sampler_logprobs", _FLOAT_LIST),
         _required("action", pa.string()),
         _required("format_ok", pa.bool_()),
+        # The response hit max_new_tokens before an end token: it has no action (format_ok is false).
+        _required("truncated", pa.bool_()),
         _required("admissible", pa.bool_()),
         _required("observation", pa.string()),
         _required("feedback", pa.string()),
@@ -110,11 +114,35 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
-def schema_for(stage: str) -> pa.Schema:
-    """The schema of a stage's shards; ValueError for a stage we do not know."""
+# Per older version, per stage, the columns added since and the value they read as in its shards.
+OLDER_VERSIONS: dict[int, dict[str, dict[str, Any]]] = {
+    1: {"turns": {"truncated": False}},  # version 1 did not record cut responses: none is marked
+}
+READABLE_VERSIONS = (SCHEMA_VERSION, *OLDER_VERSIONS)
+
+
+def schema_for(stage: str, version: int = SCHEMA_VERSION) -> pa.Schema:
+    """The schema of a stage's shards at `version`; ValueError for a stage or version we do not know."""
     if stage not in SCHEMAS:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(SCHEMAS)}")
-    return SCHEMAS[stage]
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"unknown schema version {version}; this sage-opd reads {READABLE_VERSIONS}")
+    if not (added := OLDER_VERSIONS.get(version, {}).get(stage)):
+        return SCHEMAS[stage]
+    return pa.schema([field for field in SCHEMAS[stage] if field.name not in added])
+
+
+def upgrade(table: pa.Table, stage: str, version: int) -> pa.Table:
+    """A table read from a shard of schema `version`, with the columns added since filled in.
+
+    `table` may hold any subset of that version's columns; the result holds them, plus the added ones,
+    in the current schema's order.
+    """
+    current = SCHEMAS[stage]
+    for name, value in OLDER_VERSIONS.get(version, {}).get(stage, {}).items():
+        field = current.field(name)
+        table = table.append_column(field, pa.array([value] * table.num_rows, type=field.type))
+    return table.select([name for name in current.names if name in table.column_names])
 
 
 def build_table(stage: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:

@@ -31,7 +31,7 @@ from pipeline.atomic import atomic_path, write_json
 from pipeline.errors import StorageError, UserError
 from pipeline.hashing import as_json, fingerprint, sha256_bytes, sha256_file
 from pipeline.provenance import provenance as code_provenance
-from pipeline.schema import SCHEMA_VERSION, build_table, schema_for
+from pipeline.schema import READABLE_VERSIONS, SCHEMA_VERSION, build_table, schema_for, upgrade
 
 MANIFEST_NAME = "_manifest.json"
 LOCK_NAME = ".manifest.lock"
@@ -180,7 +180,7 @@ class _AlreadyWritten(Exception):
 
 
 def read_manifest(directory: str | os.PathLike, stage: str) -> dict[str, Any]:
-    """The manifest of a stage directory, checked to be one of ours, for `stage`, at our schema version."""
+    """The manifest of a stage directory, checked to be one of ours, for `stage`, at a schema version we read."""
     command = _command(stage)
     path = Path(directory) / MANIFEST_NAME
     if not path.exists():
@@ -196,10 +196,11 @@ def read_manifest(directory: str | os.PathLike, stage: str) -> dict[str, Any]:
             f"{directory} holds {manifest['stage']} outputs, not {stage}: use another directory "
             f"or rerun `sage-opd {command}` with --force to replace them"
         )
-    if manifest["schema_version"] != SCHEMA_VERSION:
+    if manifest["schema_version"] not in READABLE_VERSIONS:
         raise UserError(
             f"{directory} was written with schema version {manifest['schema_version']}, this sage-opd "
-            f"uses version {SCHEMA_VERSION}: rerun `sage-opd {command}` with --force to redo the stage"
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}: rerun `sage-opd {command}` with --force "
+            "to redo the stage"
         )
     return manifest
 
@@ -222,7 +223,7 @@ def verify_stage(directory: str | os.PathLike, stage: str, *, require_complete: 
             )
     _refuse_foreign(directory, parts, stage, on_disk)
     for name in sorted(parts):
-        _verify_part(directory / name, parts[name], stage)
+        _verify_part(directory / name, parts[name], stage, manifest["schema_version"])
     return manifest
 
 
@@ -233,21 +234,27 @@ def read_stage(
     require_complete: bool = True,
     columns: Sequence[str] | None = None,
 ) -> pa.Table:
-    """All parts of a verified stage directory as one table, in part order."""
+    """All parts of a verified stage directory as one table, in part order, in the current schema
+    (a shard of an older version gets the columns added since, see `schema.OLDER_VERSIONS`)."""
     schema = schema_for(stage)
-    if columns is not None:
-        if unknown := [name for name in columns if name not in schema.names]:
-            raise ValueError(f"{stage} has no column(s) {', '.join(unknown)}")
-        schema = pa.schema([schema.field(name) for name in columns])
+    columns = schema.names if columns is None else list(columns)
+    if unknown := [name for name in columns if name not in schema.names]:
+        raise ValueError(f"{stage} has no column(s) {', '.join(unknown)}")
+    manifest = verify_stage(directory, stage, require_complete=require_complete)
+    version = manifest["schema_version"]
+    stored = [name for name in columns if name in schema_for(stage, version).names]
     tables = [
-        pq.read_table(part, columns=columns)
-        for part in stage_parts(directory, stage, require_complete=require_complete)
+        upgrade(pq.read_table(Path(directory) / name, columns=stored), stage, version).select(columns)
+        for name in sorted(manifest["parts"])
     ]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    return pa.concat_tables(tables) if tables else pa.schema([schema.field(name) for name in columns]).empty_table()
 
 
 def stage_parts(directory: str | os.PathLike, stage: str, *, require_complete: bool = True) -> list[Path]:
-    """The Parquet parts of a verified stage directory, in part order (for readers that take files)."""
+    """The Parquet parts of a verified stage directory, in part order (for readers that take files).
+
+    They hold the columns of the manifest's schema version, which may lack ones added since.
+    """
     parts = verify_stage(directory, stage, require_complete=require_complete)["parts"]
     return [Path(directory) / name for name in sorted(parts)]
 
@@ -301,6 +308,8 @@ def _command(stage: str) -> str:
 def _check_reusable(directory: Path, existing: Mapping[str, Any], fresh: Mapping[str, Any]) -> None:
     """UserError unless the existing manifest was made for the same split, config and inputs."""
     reasons = []
+    if existing["schema_version"] != fresh["schema_version"]:
+        reasons.append(f"schema version {existing['schema_version']} (this sage-opd writes {fresh['schema_version']})")
     if existing["num_parts"] != fresh["num_parts"]:
         reasons.append(f"{existing['num_parts']} parts (this run: {fresh['num_parts']})")
     for field in ("config", "inputs"):
@@ -356,13 +365,13 @@ def _new_manifest(
     }
 
 
-def _verify_part(path: Path, entry: Mapping[str, Any], stage: str) -> None:
+def _verify_part(path: Path, entry: Mapping[str, Any], stage: str, version: int) -> None:
     command = _command(stage)
     if not path.exists():
         raise UserError(f"missing shard {path}: listed in {MANIFEST_NAME}; rerun `sage-opd {command}`")
     if not _part_intact(path, entry):
         raise StorageError(f"corrupt shard {path}: its sha256 differs from {MANIFEST_NAME}; rerun `sage-opd {command}`")
-    actual, expected = pq.read_schema(path), schema_for(stage)
+    actual, expected = pq.read_schema(path), schema_for(stage, version)
     if not actual.equals(expected):
         raise UserError(
             f"shard {path} does not have the {stage} schema ({_schema_difference(actual, expected)}): "

@@ -14,7 +14,9 @@ is split over gradient accumulation and devices.
   over ranks while N counts every rank's tokens, so the loss is multiplied by the number of processes.
 
 Student log-probs are taken only at the positions that predict response tokens (`logits_to_keep` with
-per-row positions), and the log-softmax runs in float32 even under bf16 autocast.
+per-row positions) and only for the ids the loss reads (the sampled token, the teacher's top-k): the LM
+head and its float32 log-softmax run on `train.head_chunk_tokens` positions at a time, each piece
+recomputed in the backward pass, so a micro-batch never holds its [B, R, vocab] logits.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, extract_model_from_parallel
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import SequentialSampler
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -170,19 +173,59 @@ def quiet_console(trainer: SFTTrainer, label: str) -> Progress | None:
     return progress
 
 
-def response_logprobs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
-    """(model outputs, [B, R, V] float32 log-probs at the positions that predict the response tokens)."""
+def response_logprobs(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], ids: torch.Tensor, chunk_tokens: int
+) -> tuple[Any, torch.Tensor]:
+    """(model outputs, [B, R, m] float32 log-probs of `ids` [B, R, m] at the positions that predict the
+    response tokens).
+
+    The model runs through its own (possibly DDP- or PEFT-wrapped) forward, but its LM head is handed no
+    positions there: a pre-hook keeps the head's input, the [B, R, hidden] states. The head and the
+    log-softmax then run on `chunk_tokens` positions at a time. With more than one piece, each is
+    checkpointed (recomputed in the backward pass), so at most one [chunk_tokens, vocab] block is alive.
+    `outputs.logits` is empty.
+    """
     mask = inputs["response_mask"]
     length = inputs["input_ids"].shape[1]
     # Logits at position p predict token p + 1: response token j of a row sits at response_start + j.
     positions = inputs["response_start"].unsqueeze(1) - 1 + torch.arange(mask.shape[1], device=mask.device)
-    outputs = model(
-        input_ids=inputs["input_ids"],
-        attention_mask=inputs["attention_mask"],
-        use_cache=False,
-        logits_to_keep=positions.clamp(max=length - 1),
-    )
-    return outputs, torch.log_softmax(outputs.logits.float(), dim=-1)
+    head = extract_model_from_parallel(model).get_output_embeddings()
+    kept: list[torch.Tensor] = []
+
+    def keep_states(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        kept.append(args[0])
+        return (args[0][..., :0, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(keep_states)
+    try:
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            use_cache=False,
+            logits_to_keep=positions.clamp(max=length - 1),
+        )
+    finally:
+        handle.remove()
+    (states,) = kept
+    states, flat_ids = states.reshape(-1, states.shape[-1]), ids.reshape(-1, ids.shape[-1])
+    if states.shape[0] <= chunk_tokens:
+        return outputs, _head_logprobs(head, states, flat_ids).view(ids.shape)
+    pieces = [
+        checkpoint(
+            _head_logprobs,
+            head,
+            states[start : start + chunk_tokens],
+            flat_ids[start : start + chunk_tokens],
+            use_reentrant=False,
+        )
+        for start in range(0, states.shape[0], chunk_tokens)
+    ]
+    return outputs, torch.cat(pieces).view(ids.shape)
+
+
+def _head_logprobs(head: torch.nn.Module, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Float32 log-softmax of the head over [n, hidden] states, at `ids` [n, m]."""
+    return torch.log_softmax(head(states).float(), dim=-1).gather(-1, ids)
 
 
 def with_policy_logprobs(trainer: SFTTrainer, examples: datasets.Dataset) -> datasets.Dataset:
@@ -212,8 +255,10 @@ def _policy_logprobs(trainer: SFTTrainer, batch: dict[str, list[Any]]) -> dict[s
     device = next(trainer.model.parameters()).device  # where the Trainer placed it (the CPU until a launcher moves it)
     inputs = {key: value.to(device) for key, value in trainer.data_collator(chunk).items()}
     with trainer.autocast_smart_context_manager():
-        _, logp = response_logprobs(trainer.model, inputs)
-    chosen = logp.gather(-1, inputs["response_ids"].unsqueeze(-1)).squeeze(-1).cpu()
+        _, logp = response_logprobs(
+            trainer.model, inputs, inputs["response_ids"].unsqueeze(-1), trainer.train_config.head_chunk_tokens
+        )
+    chosen = logp.squeeze(-1).cpu()
     return {
         "policy_logprobs": [chosen[row, : len(example["response_ids"])].tolist() for row, example in enumerate(chunk)]
     }
@@ -259,8 +304,12 @@ class SageOPDTrainer(SFTTrainer):
         mask = inputs["response_mask"]
         maskf = mask.float()
         counted = mask & ~inputs["filler"].unsqueeze(1)  # what the logs count: filler rows count nowhere
-        outputs, logp = response_logprobs(model, inputs)
-        logp_new = logp.gather(-1, inputs["response_ids"].unsqueeze(-1)).squeeze(-1) * maskf
+        topk = cfg.loss.startswith("topk_")
+        ids = inputs["response_ids"].unsqueeze(-1)
+        outputs, logp = response_logprobs(
+            model, inputs, torch.cat([ids, inputs["topk_ids"]], dim=-1) if topk else ids, cfg.head_chunk_tokens
+        )
+        logp_new = logp[..., 0] * maskf
         extra: dict[str, torch.Tensor] = {}
         if cfg.loss == "rkl":
             sampler = inputs["sampler_logprobs"]
@@ -271,8 +320,8 @@ class SageOPDTrainer(SFTTrainer):
             )
             ratio = torch.exp(logp_new.detach() - old)
             extra["clipped"] = (((ratio - 1).abs() > cfg.clip_eps) & counted).sum()
-        elif cfg.loss.startswith("topk_"):
-            student_topk = logp.gather(-1, inputs["topk_ids"])
+        elif topk:
+            student_topk = logp[..., 1:]
             per_token = losses.topk_divergence(student_topk, inputs["topk_logprobs"], cfg.loss[5:], cfg.beta)
             extra["divergence"] = (per_token.detach() * counted).sum()
         else:

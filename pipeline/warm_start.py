@@ -106,15 +106,16 @@ def demonstration_rows(demonstrations, prefix: str) -> list[dict[str, Any]]:
 
 
 def learner_rows(
-    config: Config, model: str, specs: list[EpisodeSpec], data_root: Path, tokenizer, progress=None
+    config: Config, model: str, specs: list[EpisodeSpec], data_root: Path, tokenizer, iteration: int, progress=None
 ) -> list[dict[str, Any]]:
     """(prompt, expert action) rows of the states `model` reaches itself: one episode per game at the eval
-    temperature, each state labelled by `prepare.dagger_expert` (a DAgger iteration)."""
+    temperature, each state labelled by `prepare.dagger_expert` (DAgger iteration `iteration`, from 1; its
+    rows get episode ids of their own, as they join the earlier iterations' in one SFT set)."""
     generator = HFGenerator(load_hf_model(config, model), tokenizer)
     learner = LMPolicy("learner", generator, config.sampling, play_temperature(config, config.eval))
     policy = ExpertLabelledPolicy(learner, tokenizer, config.env.think)
     play(config, policy, tokenizer, specs, data_root, expert=config.prepare.dagger_expert, progress=progress)
-    return demonstration_rows(policy.demonstrations, "own")
+    return demonstration_rows(policy.demonstrations, "own" if iteration == 1 else f"own{iteration}")
 
 
 GREEDY_CHECK_GAMES = 24  # a quick look, balanced over task types; eval measures the splits properly
@@ -259,15 +260,18 @@ def warm_start_models(config: Config, progress_for=None) -> dict[str, dict[str, 
             first = sft_in_place(config, model, rows + extra, epochs, learning_rate)
             steps = first.steps
             own: list[dict[str, Any]] = []
-            for iteration in range(settings.teacher_dagger_iterations if name == "teacher" else 0):
-                bar = progress_for(f"teacher's own episodes ({iteration + 1})", "episodes") if progress_for else None
-                own += learner_rows(config, model, specs, data_root, tokenizer, bar)
+            own_counts: list[int] = []
+            for iteration in range(1, 1 + (settings.teacher_dagger_iterations if name == "teacher" else 0)):
+                bar = progress_for(f"teacher's own episodes ({iteration})", "episodes") if progress_for else None
+                learned = learner_rows(config, model, specs, data_root, tokenizer, iteration, bar)
+                own, own_counts = own + learned, [*own_counts, len(learned)]
                 more = settings.teacher_iteration_epochs
                 steps += sft_in_place(config, model, rows + extra + own, more, learning_rate).steps
             record = {
                 "turns": len(rows),
                 "dagger_turns": len(extra),
                 "own_turns": len(own),
+                "own_turns_per_iteration": own_counts,
                 "epochs": epochs,
                 "learning_rate": learning_rate,
                 "steps": steps,

@@ -7,12 +7,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, GenerationConfig
 from typer.testing import CliRunner
 
 from pipeline import annotate as annotate_module
 from pipeline.annotate import run_annotate
-from pipeline.backends.hf import load_causal_lm
+from pipeline.backends.hf import load_causal_lm, stop_ids
 from pipeline.errors import UserError
 from pipeline.judges import rule_flags
 from pipeline.play import run_rollout
@@ -71,6 +71,27 @@ def test_labels_follow_rules_then_the_likelihood_judge(rolled_out):
             assert (note["label"], note["label_source"]) == ("strong", "rule") and pd.isna(note["judge_output"])
         else:
             assert note["label_source"] == "judge" and note["judge_output"].startswith("p=")
+
+
+def test_responses_cut_by_the_token_limit_are_truncated_turns_with_no_action_and_aligned_annotations(
+    make_config, tiny_models
+):
+    """At 3 new tokens the untrained student seldom ends its answer: those turns send the empty command."""
+    config = make_config("sampling.max_new_tokens=3", "rollout.num_games=2", "env.max_steps=3")
+    turns_dir = run_rollout(config, 1).directory
+    run_annotate(config, 1)
+    turns, notes = joined(config, turns_dir)
+    student = tiny_models["student"]
+    stops = stop_ids(GenerationConfig.from_pretrained(student), AutoTokenizer.from_pretrained(student))
+    ended = turns["response_ids"].map(lambda ids: ids[-1] in stops)
+    assert (turns["truncated"] == ~ended).all() and turns["truncated"].any()
+    cut = turns[turns["truncated"]]
+    assert (cut["response_ids"].map(len) == 3).all()
+    assert (cut["action"] == "").all() and not cut["format_ok"].any() and not cut["admissible"].any()
+    assert (cut["feedback"] == "Nothing happens.").all()
+    assert (notes["teacher_logprobs"].map(len) == turns["response_ids"].map(len)).all()
+    cut_notes = notes[turns["truncated"].to_numpy()]
+    assert all("truncated" in flags for flags in cut_notes["rule_flags"]) and (cut_notes["label"] == "strong").all()
 
 
 def test_expert_turns_under_the_likelihood_judge(make_config):

@@ -33,7 +33,14 @@ pytestmark = pytest.mark.slow
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 ACCELERATE_CONFIGS = DEFAULT_CONFIG.parent / "accelerate"
-SETTINGS = ("rollout.num_games=5", "env.max_steps=3", "train.learning_rate=1e-2", "train.epochs=2")
+# The LM head in pieces of 5 positions: DDP must reduce the gradient of a head used outside the model's forward.
+SETTINGS = (
+    "rollout.num_games=5",
+    "env.max_steps=3",
+    "train.learning_rate=1e-2",
+    "train.epochs=2",
+    "train.head_chunk_tokens=5",
+)
 
 
 def free_port() -> int:

@@ -80,6 +80,20 @@ def test_generation_stops_after_the_end_token(generator):
     assert out.ids == [eos]
     assert out.text == ""
     assert out.logprobs[0] == pytest.approx(0.0, abs=1e-6)
+    assert not out.truncated
+
+
+def test_a_response_without_an_end_token_is_kept_whole_and_marked_truncated(generator):
+    eos = generator.tokenizer.eos_token_id
+    bias = torch.zeros(generator.model.config.vocab_size)
+    bias[eos] = -float("inf")
+    handle = generator.model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+    try:
+        (prompt,) = prompts_of(generator, [CORPUS[1]])
+        (out,) = generator.generate([prompt], temperature=1.0, top_p=1.0, max_new_tokens=5, seed=0)
+    finally:
+        handle.remove()
+    assert out.truncated and len(out.ids) == len(out.logprobs) == 5 and eos not in out.ids
 
 
 def test_nucleus_keeps_the_smallest_top_set_and_renormalizes():

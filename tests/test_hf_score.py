@@ -242,3 +242,32 @@ def test_a_real_vocabulary_and_real_lengths_score_in_bounded_blocks(tokenizer):
             expected = torch.log_softmax(logits, -1)
             assert scores.teacher_logprobs[j] == pytest.approx(expected[response[j]].item(), abs=1e-4)
             np.testing.assert_allclose(scores.topk_logprobs[j], expected.topk(20).values.numpy(), atol=1e-4)
+
+
+def test_prompts_that_begin_alike_run_their_shared_prefix_once_and_score_the_same(tokenizer, teacher):
+    """The turns of an episode share its task: one pass over the shared prefix, then the rest of each row
+    continues from a copy of its cache, and every number equals a full forward pass."""
+    head = encode(tokenizer, CORPUS[3] + " " + CORPUS[0] + " " + CORPUS[4])
+    tails = [CORPUS[1], CORPUS[4] + " " + CORPUS[2], CORPUS[0]]
+    items = [(head + encode(tokenizer, " " + tail), encode(tokenizer, CORPUS[1 + i])) for i, tail in enumerate(tails)]
+    passes = []
+    scorers = {
+        reuse: HFScorer(teacher, k=5, max_tokens_per_batch=10_000, reuse_prefix=reuse) for reuse in (True, False)
+    }
+    handle = scorers[True].body.register_forward_pre_hook(
+        lambda module, args, kwargs: passes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        reused = scorers[True].score(items)
+    finally:
+        handle.remove()
+    longest = max(len(prompt) + len(response) for prompt, response in items)
+    shared = next(i for i in range(len(head) + 5) if len({prompt[i] for prompt, _ in items}) > 1)
+    assert shared >= len(head) >= 16 and passes == [(1, shared), (3, longest - shared)]
+    for (prompt, response), ours in zip(items, reused, strict=True):
+        expected = full_logprobs(teacher, prompt, response)
+        sampled = expected.gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+        np.testing.assert_allclose(ours.teacher_logprobs, sampled.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(ours.topk_logprobs, expected.topk(5).values.numpy(), atol=1e-5, rtol=0)
+    for ours, plain in zip(reused, scorers[False].score(items), strict=True):
+        np.testing.assert_allclose(ours.topk_logprobs, plain.topk_logprobs, atol=1e-5, rtol=0)

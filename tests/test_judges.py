@@ -17,12 +17,19 @@ from pipeline.judges import (
     rule_flags,
 )
 
-CLEAN = {"format_ok": True, "admissible": True, "feedback": "You arrive at desk 1.", "repeated": False}
+CLEAN = {
+    "truncated": False,
+    "format_ok": True,
+    "admissible": True,
+    "feedback": "You arrive at desk 1.",
+    "repeated": False,
+}
 
 
 @pytest.mark.parametrize(
     ("change", "flag"),
     [
+        ({"truncated": True}, "truncated"),
         ({"format_ok": False}, "malformed"),
         ({"admissible": False}, "not_admissible"),
         ({"feedback": "Nothing happens."}, "nothing_happens"),

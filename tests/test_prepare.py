@@ -104,7 +104,7 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
         "prepare.sft_batch_size=4",
         "prepare.teacher_dagger_samples=2",
         "prepare.student_dagger_samples=1",
-        "prepare.teacher_dagger_iterations=1",  # then the teacher's own episodes, 1 epoch more on all rows
+        "prepare.teacher_dagger_iterations=2",  # then the teacher's own episodes, 1 epoch more on all rows, twice
     )
     config = make_config(*config_overrides)
     records = warm_start_models(config)
@@ -113,8 +113,10 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     assert teacher["turns"] == student["turns"] > 0
     assert teacher["dagger_turns"] > student["dagger_turns"] > 0  # each model gets its own DAgger episodes
     assert teacher["own_turns"] >= 3 and student["own_turns"] == 0  # one episode of each game, only the teacher
-    first = teacher["turns"] + teacher["dagger_turns"]
-    assert teacher["steps"] == 2 * math.ceil(first / 4) + math.ceil((first + teacher["own_turns"]) / 4)
+    first, (own_1, own_2) = teacher["turns"] + teacher["dagger_turns"], teacher["own_turns_per_iteration"]
+    assert own_1 + own_2 == teacher["own_turns"] and student["own_turns_per_iteration"] == []
+    iterations = math.ceil((first + own_1) / 4) + math.ceil((first + own_1 + own_2) / 4)
+    assert teacher["steps"] == 2 * math.ceil(first / 4) + iterations
     assert student["steps"] == math.ceil((student["turns"] + student["dagger_turns"]) / 4)
     assert 0.0 <= teacher["greedy_success"] <= 1.0
     assert teacher["provenance"] == {**code_version(), "world_size": 1, "device": "cpu", "dtype": "float32"}
@@ -140,9 +142,9 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     assert warm_start_models(config)["teacher"]["prompt"] == prompt  # taken as the sorted order it was made with
     with pytest.raises(UserError, match=r"warm-started with env.go_to_order=sorted, not"):
         warm_start_models(make_config(*config_overrides, "env.go_to_order=from_here"))
-    assert teacher["recipe"]["prepare.teacher_dagger_iterations"] == 1
+    assert teacher["recipe"]["prepare.teacher_dagger_iterations"] == 2
     other_recipes = {  # each would keep weights trained another way: the folder is named in the refusal
-        "prepare.teacher_dagger_iterations=2": r"teacher was warm-started with prepare.teacher_dagger_iterations=1,",
+        "prepare.teacher_dagger_iterations=1": r"teacher was warm-started with prepare.teacher_dagger_iterations=2,",
         "sampling.admissible_only=true": r"teacher was warm-started with sampling.admissible_only=False,",
         "prepare.student_sft_epochs=2": r"student was warm-started with prepare.student_sft_epochs=1.0,",
         "prepare.teacher_shape=64x2": r"teacher was warm-started with prepare.teacher_shape=128x4,",

@@ -16,6 +16,7 @@ from pipeline.schema import (
     TURNS_SCHEMA,
     build_table,
     schema_for,
+    upgrade,
 )
 
 INTS = pa.list_(pa.int32())
@@ -38,6 +39,7 @@ TURNS_COLUMNS = [
     ("sampler_logprobs", FLOATS),
     ("action", pa.string()),
     ("format_ok", pa.bool_()),
+    ("truncated", pa.bool_()),
     ("admissible", pa.bool_()),
     ("observation", pa.string()),
     ("feedback", pa.string()),
@@ -103,6 +105,7 @@ def turn_row(episode: int, turn: int) -> dict:
         "sampler_logprobs": [-0.25 * (i + 1) for i in response_ids],
         "action": "go to fridge 1" if turn % 3 else "",
         "format_ok": turn % 3 != 0,
+        "truncated": turn == 1,
         "admissible": turn % 2 == 0,
         "observation": f"You are in the kitchen (episode {episode}).",
         "feedback": "Nothing happens." if turn % 2 else "You arrive at fridge 1.",
@@ -172,7 +175,7 @@ def test_schema_columns_types_and_nullability_are_exact(schema, columns, nullabl
 
 
 def test_schemas_registry_and_version():
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     assert SCHEMAS == {"turns": TURNS_SCHEMA, "annotations": ANNOTATIONS_SCHEMA, "eval": EVAL_SCHEMA}
     assert schema_for("annotations") is ANNOTATIONS_SCHEMA
     with pytest.raises(ValueError, match="unknown stage 'rollout'; expected one of turns, annotations, eval"):
@@ -221,3 +224,15 @@ def test_build_table_names_the_column_of_a_wrongly_typed_value():
         build_table("turns", [{**turn_row(0, 1), "prompt_ids": ["a"]}])
     with pytest.raises(ValueError, match=r"^eval column won \(bool\): "):
         build_table("eval", [{**eval_row(0, 0), "won": "yes"}])
+
+
+def test_an_older_version_lacks_the_columns_added_since_and_upgrade_fills_them():
+    assert schema_for("turns", 1).names == [name for name in TURNS_SCHEMA.names if name != "truncated"]
+    assert schema_for("eval", 1) is EVAL_SCHEMA
+    stored = build_table("turns", [turn_row(0, turn) for turn in range(3)]).drop_columns(["truncated"])
+    upgraded = upgrade(stored, "turns", 1)
+    assert upgraded.schema.equals(TURNS_SCHEMA)
+    assert upgraded["truncated"].to_pylist() == [False, False, False]
+    assert upgrade(stored.select(["turn"]), "turns", 1).column_names == ["turn", "truncated"]
+    with pytest.raises(ValueError, match=r"unknown schema version 7; this sage-opd reads \(2, 1\)"):
+        schema_for("turns", 7)

@@ -23,7 +23,7 @@ import pipeline
 from pipeline import shards
 from pipeline.errors import UserError
 from pipeline.provenance import provenance
-from pipeline.schema import SCHEMAS, TURNS_SCHEMA
+from pipeline.schema import SCHEMA_VERSION, SCHEMAS, TURNS_SCHEMA
 from pipeline.shards import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -131,7 +131,7 @@ def test_manifest_records_config_inputs_parts_and_versions(tmp_path):
     }  # fmt: skip
     canonical = json.dumps(CONFIG, sort_keys=True, separators=(",", ":"))
     assert manifest["config_fingerprint"] == hashlib.sha256(canonical.encode()).hexdigest()
-    assert (manifest["stage"], manifest["schema_version"], manifest["status"]) == ("turns", 1, "complete")
+    assert (manifest["stage"], manifest["schema_version"], manifest["status"]) == ("turns", SCHEMA_VERSION, "complete")
     assert (manifest["config"], manifest["inputs"], manifest["models"]) == (CONFIG, INPUTS, MODELS)
     assert manifest["num_parts"] == 3
     assert manifest["parts"] == {
@@ -352,10 +352,37 @@ def test_other_schema_version_is_refused_with_force_hint(tmp_path):
     directory = tmp_path / "turns"
     write_all(directory)
     edit_manifest(directory, schema_version=0)
-    message = "written with schema version 0, this sage-opd uses version 1: .*--force"
+    message = "written with schema version 0, this sage-opd reads versions 2, 1: .*--force"
     with pytest.raises(UserError, match=message):
         read_stage(directory, "turns")
     with pytest.raises(UserError, match=message):
+        writer(directory)
+
+
+def as_version_1(directory: Path) -> None:
+    """Rewrite a turns stage as schema version 1 wrote it: no `truncated` column."""
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    for name, entry in manifest["parts"].items():
+        path = directory / name
+        pq.write_table(pq.read_table(path).drop_columns(["truncated"]), path, compression="zstd")
+        entry.update(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), bytes=path.stat().st_size)
+    manifest["schema_version"] = 1
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def test_a_version_1_stage_reads_with_the_columns_added_since_and_takes_no_new_part(tmp_path):
+    directory = tmp_path / "turns"
+    write_all(directory)
+    current = read_stage(directory, "turns")
+    as_version_1(directory)
+    old = read_stage(directory, "turns")
+    column = TURNS_SCHEMA.get_field_index("truncated")
+    not_cut = pa.array([False] * current.num_rows)
+    assert old.schema.equals(TURNS_SCHEMA)
+    assert old.equals(current.set_column(column, TURNS_SCHEMA.field("truncated"), not_cut))
+    assert read_stage(directory, "turns", columns=["truncated", "turn"]).column_names == ["truncated", "turn"]
+    assert read_stage(directory, "turns", columns=["truncated"]).num_rows == current.num_rows
+    with pytest.raises(UserError, match=r"made with schema version 1 \(this sage-opd writes 2\).*--force"):
         writer(directory)
 
 

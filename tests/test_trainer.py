@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from pipeline import losses
@@ -15,6 +17,7 @@ from pipeline.config import LoraSettings, TrainConfig, load_config
 from pipeline.errors import UserError
 from pipeline.play import run_rollout
 from pipeline.shards import read_stage
+from pipeline.tiny_models import save_model
 from pipeline.train_data import EXAMPLES_FILE, build_examples, note_columns, round_data, turn_columns
 from pipeline.trainer import OPDCollator, SageOPDTrainer, train_student
 from pipeline.trainer_args import sft_config
@@ -277,9 +280,14 @@ def test_the_gradient_does_not_depend_on_the_micro_batch_split(shards, tiny_mode
     turns, notes = varied(shards, 8)
     student = tiny_models["student"]
     grads, logged = {}, {}
-    for name, (micro, accumulate) in {"whole": (8, 1), "split": (2, 4)}.items():
+    splits = {"whole": (8, 1, 1024), "split": (2, 4, 1024), "head in pieces": (8, 1, 5)}
+    for name, (micro, accumulate, head_chunk) in splits.items():
         cfg = TrainConfig(  # max_grad_norm=0: no clipping, compare raw gradients
-            loss=loss, per_device_batch_size=micro, gradient_accumulation_steps=accumulate, max_grad_norm=0.0
+            loss=loss,
+            per_device_batch_size=micro,
+            gradient_accumulation_steps=accumulate,
+            max_grad_norm=0.0,
+            head_chunk_tokens=head_chunk,
         )
         examples, _ = build_examples(turns, notes, cfg, world_batch=8, seed=0)
         assert (
@@ -292,15 +300,15 @@ def test_the_gradient_does_not_depend_on_the_micro_batch_split(shards, tiny_mode
         grads[name], logged[name] = capture.grads[0], summary.final_loss
     reference = reference_gradients(student, examples, cfg)
     assert sum(g.abs().sum() for g in reference.values()) > 0
-    assert grads["whole"].keys() == grads["split"].keys() == reference.keys()
-    for key, expected in reference.items():
-        torch.testing.assert_close(grads["whole"][key], expected, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(grads["split"][key], expected, atol=1e-5, rtol=1e-4)
-    assert logged["whole"] == pytest.approx(logged["split"], abs=1e-6)
+    for name in splits:
+        assert grads[name].keys() == reference.keys()
+        for key, expected in reference.items():
+            torch.testing.assert_close(grads[name][key], expected, atol=1e-5, rtol=1e-4)
+        assert logged[name] == pytest.approx(logged["whole"], abs=1e-6)
 
 
-@pytest.mark.parametrize(("micro", "accumulate"), [(8, 1), (2, 4)])
-def test_rkl_off_the_sampler_takes_the_students_pi_old(shards, tiny_models, tmp_path, micro, accumulate):
+@pytest.mark.parametrize(("micro", "accumulate", "head_chunk"), [(8, 1, 1024), (2, 4, 1024), (8, 1, 7)])
+def test_rkl_off_the_sampler_takes_the_students_pi_old(shards, tiny_models, tmp_path, micro, accumulate, head_chunk):
     """Restricted decoding recorded q, not the student's π: the trainer computes π_old itself before the first
     step, and the gradient is the reference's with A and ρ against π_old and each token weighted π_old/q."""
     turns, notes = varied(shards, 8)
@@ -308,7 +316,11 @@ def test_rkl_off_the_sampler_takes_the_students_pi_old(shards, tiny_models, tmp_
         raised = enumerate(turn["sampler_logprobs"])
         turn["sampler_logprobs"] = [min(0.0, lp + 0.1 * (1 + (i + j) % 4)) for j, lp in raised]
     cfg = TrainConfig(
-        loss="rkl", per_device_batch_size=micro, gradient_accumulation_steps=accumulate, max_grad_norm=0.0
+        loss="rkl",
+        per_device_batch_size=micro,
+        gradient_accumulation_steps=accumulate,
+        max_grad_norm=0.0,
+        head_chunk_tokens=head_chunk,
     )
     examples, _ = build_examples(turns, notes, cfg, world_batch=8, seed=0)
     capture = GradCapture()
@@ -413,6 +425,48 @@ def test_bf16_autocast_keeps_the_loss_finite_and_close(shards, tiny_models, tmp_
     assert half["nll"] != full["nll"]  # autocast was on
     assert half["nll"] == pytest.approx(full["nll"], rel=1e-3)
     assert half["loss"] == pytest.approx(full["loss"], abs=1e-3)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the element count of the largest tensor any operation makes, forward and backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = [t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        self.numel = max([self.numel, *sizes])
+        return out
+
+
+def test_at_a_152k_vocabulary_a_micro_batch_never_holds_its_logits(shards, tiny_models, tmp_path):
+    """Qwen2.5-7B's head size, two 512-token responses, top-20 FKL: the head runs on 128 positions at a time,
+    so no tensor reaches [2, 512, vocab]; with the whole micro-batch in one piece, one does."""
+    vocab, length = 152_064, 512
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["student"])
+    model.resize_token_embeddings(vocab, mean_resizing=False)
+    save_model(model, AutoTokenizer.from_pretrained(tiny_models["student"]), tmp_path / "wide")
+    turns, notes = copy.deepcopy(shards)
+    ids = torch.randint(0, 151_936, (2, length), generator=torch.Generator().manual_seed(0))
+    for row, (turn, note) in enumerate(zip(turns[:2], notes[:2], strict=True)):
+        turn.update(response_ids=ids[row].tolist(), sampler_logprobs=[-1.0] * length)
+        note.update(
+            teacher_logprobs=[-1.0] * length,
+            topk_ids=[ids[row, :20].tolist()] * length,
+            topk_logprobs=[[-3.0] * 20] * length,
+            confidence=[0.05] * length,
+        )
+    largest = {}
+    for head_chunk in (128, 1024):
+        cfg = TrainConfig(loss="topk_fkl", per_device_batch_size=2, head_chunk_tokens=head_chunk)
+        examples, stats = build_examples(turns[:2], notes[:2], cfg, world_batch=2, seed=0)
+        with LargestTensor() as probe:
+            summary = train_student(tmp_path / "wide", examples, stats, cfg, tmp_path / str(head_chunk), seed=0)
+        assert summary.steps == 1 and math.isfinite(summary.final_loss)
+        largest[head_chunk] = probe.numel
+    assert largest[128] <= 128 * vocab < 2 * length * vocab <= largest[1024]
 
 
 def test_examples_cut_for_another_batch_size_are_refused(shards, tiny_models, tmp_path):

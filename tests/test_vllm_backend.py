@@ -110,15 +110,18 @@ def test_action_scores_match_hf(teacher):
         VLLMScorer(engine, k=K).action_scores(prompt, [[5], []])
 
 
-def test_greedy_generation_matches_hf(teacher, vllm_config):
+@pytest.mark.parametrize("max_new_tokens", [24, 3])
+def test_greedy_generation_matches_hf(teacher, vllm_config, max_new_tokens):
+    """Also where the token limit cuts responses: both backends mark the same ones truncated."""
     model, engine, tokenizer = teacher
     prompts = [encode(tokenizer, text) for text in TEXTS]
-    settings = dict(temperature=0.0, top_p=1.0, max_new_tokens=24, seed=0)
+    settings = dict(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0)
     ours = VLLMGenerator(engine, tokenizer, vllm_config.models.teacher).generate(prompts, **settings)
     reference = HFGenerator(model, tokenizer).generate(prompts, **settings)
     for got, want in zip(ours, reference, strict=True):
-        assert (got.ids, got.text) == (want.ids, want.text)
+        assert (got.ids, got.text, got.truncated) == (want.ids, want.text, want.truncated)
         np.testing.assert_allclose(got.logprobs, want.logprobs, atol=TOLERANCE, rtol=0)
+    assert max_new_tokens > 3 or any(got.truncated for got in ours)
 
 
 def test_sampled_log_probs_are_of_the_tempered_nucleus_the_token_came_from(teacher, vllm_config):

@@ -36,11 +36,15 @@ NEUTRAL_SAMPLING = dict(
 
 @dataclass
 class Generation:
-    """One response: token ids up to and including the end token, their text and log-probs."""
+    """One response: token ids up to and including the end token, their text and log-probs.
+
+    `truncated`: the response ran into `max_new_tokens` before any end token, so it never finished.
+    """
 
     ids: list[int]
     text: str
     logprobs: list[float]
+    truncated: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -173,10 +177,18 @@ class HFGenerator:
 
 
 def trim_response(tokenizer, stop: list[int], tokens: list[int], logprobs: list[float]) -> Generation:
-    """Cut after the first stop token (kept: the model must learn to end its turn); every backend's last step."""
-    end = next((i + 1 for i, tok in enumerate(tokens) if tok in stop), len(tokens))
+    """Cut after the first stop token (kept: the model must learn to end its turn); every backend's last step.
+
+    Without a stop token the response hit the token limit: it is kept whole and marked truncated.
+    """
+    end = next((i + 1 for i, tok in enumerate(tokens) if tok in stop), None)
     ids = tokens[:end]
-    return Generation(ids=ids, text=tokenizer.decode(ids, skip_special_tokens=True), logprobs=logprobs[:end])
+    return Generation(
+        ids=ids,
+        text=tokenizer.decode(ids, skip_special_tokens=True),
+        logprobs=logprobs[: len(ids)],
+        truncated=end is None,
+    )
 
 
 def stop_ids(generation_config, tokenizer) -> list[int]:

@@ -7,6 +7,10 @@ position; for 16 rows of 600 tokens and Qwen's 152k vocabulary that is ~6 GB in 
 thrown away. The chunked head holds one [chunk, vocab] float32 block at a time, sized to have no more
 elements than the body's own [batch, seq, hidden] output, so scoring needs no more memory than the body.
 
+Every turn of a round starts with the same system prompt, and the turns of one episode also share its task:
+the rows of a batch whose prompts begin alike run that shared prefix once, with a KV cache, and continue
+from copies of it (at least `MIN_SHARED_PREFIX` tokens; measured in `make bench`).
+
 The likelihood judge (§1 step 2) scores the 30–50 admissible actions of a turn, which all share one long
 prompt. The prompt is encoded once with a KV cache and the candidates continue from copies of that cache
 as one right-padded batch: one prompt pass plus a few short candidate tokens, not 50 prompt passes.
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+MIN_SHARED_PREFIX = 16  # tokens: a shorter shared prefix is not worth a pass of its own
 
 
 @dataclass
@@ -60,7 +66,9 @@ def pack_batches(lengths: Sequence[int], max_tokens_per_batch: int) -> list[list
 class HFScorer:
     """Teacher scoring with one causal LM (any device and dtype); reused for every batch of a stage."""
 
-    def __init__(self, model, *, k: int, max_tokens_per_batch: int, scored_ids: int | None = None) -> None:
+    def __init__(
+        self, model, *, k: int, max_tokens_per_batch: int, scored_ids: int | None = None, reuse_prefix: bool = True
+    ) -> None:
         self.model = model
         self.body = model.get_decoder()
         self.head = model.get_output_embeddings()
@@ -80,6 +88,7 @@ class HFScorer:
         self.chunk_positions = head_chunk_positions(max_tokens_per_batch, self.head.in_features, self.vocab_size)
         self.device = next(model.parameters()).device
         self.cache_name = cache_argument(self.body)
+        self.reuse_prefix = reuse_prefix
 
     @torch.inference_mode()
     def score(self, items: list[tuple[list[int], list[int]]]) -> list[TokenScores]:
@@ -112,13 +121,20 @@ class HFScorer:
         return (totals / sizes).tolist()
 
     def _score_batch(self, items: list[tuple[list[int], list[int]]]) -> list[TokenScores]:
-        """One body pass over a right-padded batch; the head only where a response token is predicted."""
-        ids, mask = _right_pad([prompt + response for prompt, response in items], self.device)
-        positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
-        hidden = self.body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-        rows, cols, targets = _prediction_sites([(len(prompt), response) for prompt, response in items], self.device)
+        """One body pass over a right-padded batch (after one over the prompts' shared prefix, if any); the
+        head only where a response token is predicted."""
+        shared = self._shared_prefix([prompt for prompt, _ in items])
+        cache = None
+        if shared:
+            prefix = torch.tensor([items[0][0][:shared]], device=self.device)
+            cache = getattr(self.body(input_ids=prefix, use_cache=True), self.cache_name)
+            cache.batch_repeat_interleave(len(items))
+        hidden = self._continue(cache, shared, [prompt[shared:] + response for prompt, response in items])
+        rows, cols, targets = _prediction_sites(
+            [(len(prompt) - shared, response) for prompt, response in items], self.device
+        )
         sampled, top_ids, top_logprobs = [], [], []
-        for block, span in self._log_softmax_blocks(hidden.last_hidden_state[rows, cols]):
+        for block, span in self._log_softmax_blocks(hidden[rows, cols]):
             sampled.append(block.gather(-1, targets[span, None]).squeeze(-1))
             values, indices = block.topk(self.k, dim=-1, sorted=True)
             top_logprobs.append(values)
@@ -132,18 +148,37 @@ class HFScorer:
         inputs = [c[:-1] for c in candidates]  # the last token is only ever predicted, never a context
         if not any(inputs):
             return torch.zeros(len(candidates), device=self.device)
-        ids, mask = _right_pad(inputs, self.device)
         cache = copy.deepcopy(prompt_cache)  # the forward extends the cache it is given; keep the prompt's intact
         cache.batch_repeat_interleave(len(candidates))
-        attention = torch.cat([torch.ones(len(candidates), prompt_len, dtype=mask.dtype, device=self.device), mask], 1)
-        positions = prompt_len + torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+        hidden = self._continue(cache, prompt_len, inputs)
+        rows, cols, targets = _prediction_sites([(1, c[1:]) for c in candidates], self.device)
+        blocks = self._log_softmax_blocks(hidden[rows, cols])
+        picked = torch.cat([block.gather(-1, targets[span, None]).squeeze(-1) for block, span in blocks])
+        return torch.zeros(len(candidates), device=self.device).index_add_(0, rows, picked)
+
+    def _shared_prefix(self, prompts: list[list[int]]) -> int:
+        """How many leading tokens every prompt has in common, short of each one's last token (it predicts
+        the first response token, so it must be in the batch); 0 when reuse is off or not worth it."""
+        if not self.reuse_prefix or len(prompts) < 2:
+            return 0
+        first, limit = prompts[0], min(len(p) for p in prompts) - 1
+        shared = next((i for i in range(limit) if any(p[i] != first[i] for p in prompts)), limit)
+        return shared if shared >= MIN_SHARED_PREFIX else 0
+
+    def _continue(self, cache, prefix_len: int, sequences: list[list[int]]) -> torch.Tensor:
+        """[rows, longest, hidden] body states of right-padded `sequences`, each continuing the `prefix_len`
+        tokens held in `cache` (one copy per row), or starting the text when `cache` is None."""
+        ids, mask = _right_pad(sequences, self.device)
+        positions = prefix_len + torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+        if cache is None:
+            return self.body(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+            ).last_hidden_state
+        attention = torch.cat([torch.ones(len(sequences), prefix_len, dtype=mask.dtype, device=self.device), mask], 1)
         hidden = self.body(
             input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **{self.cache_name: cache}
         )
-        rows, cols, targets = _prediction_sites([(1, c[1:]) for c in candidates], self.device)
-        blocks = self._log_softmax_blocks(hidden.last_hidden_state[rows, cols])
-        picked = torch.cat([block.gather(-1, targets[span, None]).squeeze(-1) for block, span in blocks])
-        return torch.zeros(len(candidates), device=self.device).index_add_(0, rows, picked)
+        return hidden.last_hidden_state
 
     def _log_softmax_blocks(self, hidden: torch.Tensor) -> Iterator[tuple[torch.Tensor, slice]]:
         """Float32 log-softmax of the LM head over [positions, hidden] states, `chunk_positions` rows at a time."""

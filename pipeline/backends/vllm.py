@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from transformers import AutoConfig, GenerationConfig
@@ -139,7 +139,9 @@ class VLLMGenerator:
             completion = output.outputs[0]
             tokens = list(completion.token_ids)
             logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens, strict=True)]
-            results.append(trim_response(self.tokenizer, self.stop_ids, tokens, logprobs))
+            response = trim_response(self.tokenizer, self.stop_ids, tokens, logprobs)
+            # The engine says why it stopped; a stop token it did not return must not read as a cut response.
+            results.append(replace(response, truncated=completion.finish_reason == "length"))
         return results
 
 

@@ -1,7 +1,8 @@
 """Reading the action out of a response, and the per-turn flags the rules and metrics rely on.
 
 A response that lacks a well-formed `<action>` tag is still sent to the environment as-is (ALFWorld
-answers "Nothing happens."), flagged `format_ok=False`: a garbled turn is data, never a crash.
+answers "Nothing happens."), flagged `format_ok=False`: a garbled turn is data, never a crash. So is a
+response cut by `max_new_tokens` (`truncated`): it sends the empty command.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def normalize_action(text: str) -> str:
 class ParsedAction:
     action: str
     format_ok: bool
+
+
+# A response cut by the token limit said nothing in full: no action (the engine answers the empty
+# command with "Nothing happens."), however well-formed its unfinished text may look.
+UNFINISHED = ParsedAction("", False)
 
 
 def parse_action(response: str, think: bool = False) -> ParsedAction:

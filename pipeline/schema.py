@@ -4,8 +4,8 @@ Rollout, annotate, train and eval run as separate commands (often separate proce
 share nothing but files on disk. Pinning every column's name, order and type here lets a stage refuse
 data it does not understand, and lets anyone open a shard with pandas, datasets or duckdb without our
 code. Bump `SCHEMA_VERSION` whenever a schema changes, and say in `OLDER_VERSIONS` what the older shards
-lack: readers take those (a finished run stays readable, its missing columns filled in), writers never
-add parts to them, and any other version is refused.
+lack: readers take those (a finished run stays readable, its missing columns filled in), writers add
+parts to them only where the stage's schema did not change, and any other version is refused.
 
 Absent text is "" and an empty list is [], never null. Only the columns built with `_nullable` may hold
 null: `error` (the environment raised; the episode ended as failed) and `judge_output` (no judge ran

@@ -308,8 +308,9 @@ def _command(stage: str) -> str:
 def _check_reusable(directory: Path, existing: Mapping[str, Any], fresh: Mapping[str, Any]) -> None:
     """UserError unless the existing manifest was made for the same split, config and inputs."""
     reasons = []
-    if existing["schema_version"] != fresh["schema_version"]:
-        reasons.append(f"schema version {existing['schema_version']} (this sage-opd writes {fresh['schema_version']})")
+    stage, version = existing["stage"], existing["schema_version"]
+    if not schema_for(stage, version).equals(schema_for(stage, fresh["schema_version"])):  # its parts would differ
+        reasons.append(f"schema version {version} (this sage-opd writes {fresh['schema_version']})")
     if existing["num_parts"] != fresh["num_parts"]:
         reasons.append(f"{existing['num_parts']} parts (this run: {fresh['num_parts']})")
     for field in ("config", "inputs"):

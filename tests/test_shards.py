@@ -386,6 +386,18 @@ def test_a_version_1_stage_reads_with_the_columns_added_since_and_takes_no_new_p
         writer(directory)
 
 
+def test_a_version_1_stage_whose_schema_is_unchanged_is_finished_in_place(tmp_path):
+    directory = tmp_path / "annotations"
+    stage_writer = writer(directory, "annotations")
+    stage_writer.write_part(0, part_rows(0, "annotations"))
+    edit_manifest(directory, schema_version=1)
+    resumed = writer(directory, "annotations")
+    assert resumed.pending(range(3)) == [1, 2]
+    for index in (1, 2):
+        resumed.write_part(index, part_rows(index, "annotations"))
+    assert resumed.finalize() and read_stage(directory, "annotations").num_rows == 24
+
+
 def test_other_stage_is_refused_with_force_hint(tmp_path):
     directory = tmp_path / "turns"
     write_all(directory)

@@ -181,8 +181,8 @@ def response_logprobs(
 
     The model runs through its own (possibly DDP- or PEFT-wrapped) forward, but its LM head is handed no
     positions there: a pre-hook keeps the head's input, the [B, R, hidden] states. The head and the
-    log-softmax then run on `chunk_tokens` positions at a time. With more than one piece, each is
-    checkpointed (recomputed in the backward pass), so at most one [chunk_tokens, vocab] block is alive.
+    log-softmax then run on `chunk_tokens` positions at a time. With more than one piece and gradients on,
+    each is checkpointed (recomputed in the backward pass), so at most one [chunk_tokens, vocab] block is alive.
     `outputs.logits` is empty.
     """
     mask = inputs["response_mask"]
@@ -208,19 +208,10 @@ def response_logprobs(
         handle.remove()
     (states,) = kept
     states, flat_ids = states.reshape(-1, states.shape[-1]), ids.reshape(-1, ids.shape[-1])
-    if states.shape[0] <= chunk_tokens:
-        return outputs, _head_logprobs(head, states, flat_ids).view(ids.shape)
-    pieces = [
-        checkpoint(
-            _head_logprobs,
-            head,
-            states[start : start + chunk_tokens],
-            flat_ids[start : start + chunk_tokens],
-            use_reentrant=False,
-        )
-        for start in range(0, states.shape[0], chunk_tokens)
-    ]
-    return outputs, torch.cat(pieces).view(ids.shape)
+    recompute = states.shape[0] > chunk_tokens and torch.is_grad_enabled()
+    piece = partial(checkpoint, _head_logprobs, use_reentrant=False) if recompute else _head_logprobs
+    spans = [slice(start, start + chunk_tokens) for start in range(0, states.shape[0], chunk_tokens)]
+    return outputs, torch.cat([piece(head, states[span], flat_ids[span]) for span in spans]).view(ids.shape)
 
 
 def _head_logprobs(head: torch.nn.Module, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

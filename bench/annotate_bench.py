@@ -13,13 +13,15 @@ from pipeline.annotate import run_annotate
 from pipeline.backends.factory import Scorer
 from pipeline.backends.hf_score import HFScorer, pack_batches
 
+NO_PREFIX_REUSE = "hf without prefix reuse"
+
 
 def hf_scorers(model, config) -> dict[str, HFScorer]:
     """The `hf` scorer as annotate builds it, and the same without reusing the prompts' shared prefix."""
     settings = dict(k=config.annotate.topk, max_tokens_per_batch=config.annotate.max_tokens_per_batch)
     return {
         "hf": HFScorer(model, **settings),
-        "hf without prefix reuse": HFScorer(model, **settings, reuse_prefix=False),
+        NO_PREFIX_REUSE: HFScorer(model, **settings, reuse_prefix=False),
     }
 
 
@@ -45,14 +47,11 @@ def scoring_rows(scorers: dict[str, Scorer], model, rows: list[dict], config) ->
     table = [
         _speed_row(f"annotate scoring tokens/s, {name} / bare forward", best["bare forward"], best[name], 0.8, what)
         for name in scorers
-        if name != "hf without prefix reuse"
+        if name != NO_PREFIX_REUSE
     ]
-    if "hf without prefix reuse" in scorers:
-        table.append(
-            _speed_row(
-                "annotate scoring, hf prefix reuse: speed-up", best["hf without prefix reuse"], best["hf"], 1.0, what
-            )
-        )
+    if NO_PREFIX_REUSE in scorers:
+        name = "annotate scoring, hf prefix reuse: speed-up"
+        table.append(_speed_row(name, best[NO_PREFIX_REUSE], best["hf"], 1.0, what))
     return table
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -161,8 +162,7 @@ class HFScorer:
         the first response token, so it must be in the batch); 0 when reuse is off or not worth it."""
         if not self.reuse_prefix or len(prompts) < 2:
             return 0
-        first, limit = prompts[0], min(len(p) for p in prompts) - 1
-        shared = next((i for i in range(limit) if any(p[i] != first[i] for p in prompts)), limit)
+        shared = min(len(os.path.commonprefix(prompts)), min(len(p) for p in prompts) - 1)
         return shared if shared >= MIN_SHARED_PREFIX else 0
 
     def _continue(self, cache, prefix_len: int, sequences: list[list[int]]) -> torch.Tensor:

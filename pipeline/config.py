@@ -26,7 +26,7 @@ POLICY_NAMES = ("student", "teacher", "expert")
 DATA_SOURCES = ("mini", "bench", "alfworld")
 DAGGER_EXPERTS = ("planner", "search", "sweep")
 # How the environment lists the admissible actions, `go to` first of all (pipeline.envs.alfworld_env).
-GO_TO_ORDERS = ("sorted", "from_here", "next_last", "task_last")
+GO_TO_ORDERS = ("sorted", "from_here", "next_last", "task_last", "deliver_last")
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -81,8 +81,10 @@ class EnvConfig:
         "rest of a tour of the room, starting after where the agent stands: a memoryless agent sweeps a "
         "room by taking the first suitable one), `next_last` (that tour backwards, as the last actions of "
         "the list: the next receptacle is the last action on screen, which a tiny model copies far more easily) "
-        "or `task_last` (`next_last`, then the actions whose object the task sentence names: the take, move, "
-        "heat or use of the task's object is at the very end).",
+        "`task_last` (`next_last`, then the actions whose object the task sentence names: the take, move, "
+        "heat or use of the task's object is at the very end) or `deliver_last` (`task_last`, and while the "
+        "agent holds the task's object the `go to` of the task's receptacles and of the device its verb needs "
+        "end the `go to` block, the device last, then the commands on the object that bring the task on).",
         default="sorted",
     )
     num_workers: int = _help("Environment worker processes; resets and steps run in them, in parallel.", default=2)

@@ -194,7 +194,7 @@ def test_the_new_prepare_settings_are_checked():
         load_config(None, ["prepare.tokenizer_splits=[train, test]"])
     with pytest.raises(UserError, match="source must be one of mini, bench, alfworld"):
         load_config(None, ["data.source=real"])
-    orders = "sorted, from_here, next_last, task_last"
+    orders = "sorted, from_here, next_last, task_last, deliver_last"
     with pytest.raises(UserError, match=f"go_to_order must be one of {orders}, not 'shuffled'"):
         load_config(None, ["env.go_to_order=shuffled"])
 

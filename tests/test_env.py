@@ -12,6 +12,7 @@ from pipeline.envs.alfworld_env import (
     AlfWorldGame,
     EnvFailure,
     EnvStep,
+    deliver_last,
     next_last,
     split_task,
     task_last,
@@ -98,13 +99,72 @@ def test_task_last_moves_the_commands_naming_a_task_word_after_the_tour():
     assert task_last(at_drawer_1, receptacles, frozenset()) == next_last(at_drawer_1, receptacles)
 
 
+def test_deliver_last_moves_the_task_receptacles_out_of_the_search_and_to_the_end_of_a_delivery():
+    receptacles = ["cabinet 1", "cabinet 10", "cabinet 2", "countertop 1", "drawer 1", "microwave 1", "sinkbasin 1"]
+    go_tos = [f"go to {name}" for name in receptacles if name != "drawer 1"]
+    task = frozenset("heat some cup and put it in cabinet".split())
+    searching = ["examine drawer 1", *go_tos, "inventory", "take cup 1 from drawer 1"]
+    assert deliver_last(searching, receptacles, task) == [
+        "examine drawer 1", "inventory",
+        "go to cabinet 2", "go to cabinet 10", "go to cabinet 1",  # never searched: out of the tour's end
+        "go to countertop 1", "go to sinkbasin 1", "go to microwave 1",  # the tour from drawer 1, backwards
+        "take cup 1 from drawer 1",
+    ]  # fmt: skip
+    holding = ["examine cup 1", "examine drawer 1", *go_tos, "inventory", "move cup 1 to drawer 1"]
+    assert deliver_last(holding, receptacles, task) == [
+        "examine drawer 1", "inventory", "examine cup 1", "move cup 1 to drawer 1",  # idle: before the tour
+        "go to countertop 1", "go to sinkbasin 1",
+        "go to cabinet 2", "go to cabinet 10", "go to cabinet 1", "go to microwave 1",  # cabinet 1 first by name
+    ]  # fmt: skip
+    at_the_device = [
+        "examine cup 1", "examine microwave 1", *(g for g in go_tos if g != "go to microwave 1"), "go to drawer 1",
+        "heat cup 1 with microwave 1", "inventory", "move cup 1 to microwave 1",
+    ]  # fmt: skip
+    assert deliver_last(at_the_device, receptacles, task)[-4:] == [
+        "go to cabinet 2", "go to cabinet 10", "go to cabinet 1", "heat cup 1 with microwave 1",
+    ]  # fmt: skip
+    at_a_cabinet = ["examine cabinet 2", "examine cup 1", "go to microwave 1", "move cup 1 to cabinet 2"]
+    assert deliver_last(at_a_cabinet, receptacles, task)[-2:] == ["go to microwave 1", "move cup 1 to cabinet 2"]
+    at_the_wrong_device = ["cool cup 1 with fridge 1", "examine cup 1", "go to microwave 1", "move cup 1 to fridge 1"]
+    assert deliver_last(at_the_wrong_device, receptacles + ["fridge 1"], task) == [
+        "cool cup 1 with fridge 1", "examine cup 1", "move cup 1 to fridge 1", "go to microwave 1",  # no use here
+    ]  # fmt: skip
+    other_object = ["examine drawer 1", "examine mug 1", *go_tos, "inventory", "move mug 1 to drawer 1"]
+    assert deliver_last(other_object, receptacles, task)[-1] == "go to microwave 1"  # searching: the tour's next
+    searching_at_a_cabinet = [g for g in go_tos if g != "go to cabinet 2"] + ["go to drawer 1", "examine cabinet 2"]
+    receptacle_words = frozenset("put some book on cabinet".split())  # "examine cabinet 2" holds nothing
+    assert deliver_last(searching_at_a_cabinet, receptacles, receptacle_words)[-2:] == [
+        "go to countertop 1",
+        "examine cabinet 2",
+    ]
+
+
+@pytest.mark.parametrize("game_index", range(0, 24, 4))
+def test_the_sweeping_expert_always_goes_to_the_last_go_to_on_screen_with_deliver_last(monkeypatch, game_index):
+    """On real games, from the first state to the win: searching, carrying to the device, then to the task's
+    receptacle, the sweep's every `go to` is the last one listed."""
+    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
+    game = [g for split in MINI_SPLITS for g in discover_games(MINI_DATA, split)][game_index]
+    env = AlfWorldGame(str(game.path), expert="sweep", go_to_order="deliver_last")
+    state, go_tos = env.reset(), 0
+    for _ in range(30):
+        if state.won:
+            break
+        if state.expert_action.startswith("go to "):
+            assert state.expert_action == [a for a in state.admissible if a.startswith("go to ")][-1]
+            go_tos += 1
+        state = env.step(state.expert_action)
+    assert state.won and go_tos >= 2
+    env.close()
+
+
 @pytest.mark.parametrize("game_index", [0, 5])
 def test_a_game_lists_the_same_actions_in_either_go_to_order(monkeypatch, game_index):
     """`from_here` reorders the `go to` block of the engine's list and changes nothing else; `next_last` lists
     that tour backwards after the other actions; `task_last` then moves the commands naming the task's words."""
     monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
     game = discover_games(MINI_DATA, "train")[game_index]
-    orders = ("sorted", "from_here", "next_last", "task_last")
+    orders = ("sorted", "from_here", "next_last", "task_last", "deliver_last")
     games = [AlfWorldGame(str(game.path), go_to_order=order) for order in orders]
     states = [env.reset() for env in games]
     assert states[0].admissible == states[1].admissible  # at the start the agent stands at no receptacle
@@ -113,7 +173,8 @@ def test_a_game_lists_the_same_actions_in_either_go_to_order(monkeypatch, game_i
     moved = 0
     for action in game.walkthrough[:-1]:
         states = [env.step(action) for env in games]
-        engine, tour, backwards, task_at_end = (state.admissible for state in states)
+        engine, tour, backwards, task_at_end, delivery = (state.admissible for state in states)
+        assert delivery == deliver_last(engine, receptacles, words) and sorted(delivery) == sorted(engine)
         go_tos = [c for c in tour if c.startswith("go to")]
         assert backwards == [c for c in tour if not c.startswith("go to")] + go_tos[::-1]
         assert task_at_end == task_last(engine, receptacles, words) and sorted(task_at_end) == sorted(engine)

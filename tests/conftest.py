@@ -12,6 +12,14 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 torch.set_num_interop_threads(1)
 
+import signal  # noqa: E402
+
+# A shell that starts `make test` in the background without job control ignores SIGINT in it, and an
+# ignored signal stays ignored in every child: the Ctrl-C tests' stages would then never see their
+# Ctrl-C. Handled here, the children start with the default action again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402

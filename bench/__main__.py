@@ -3,6 +3,8 @@
 Rows are ratios (or sizes), so they travel between machines better than raw times:
 - env parallelism: expert steps/s with W workers over steps/s with one (target ≥ 0.8·W), on the mini
   games and, when $ALFWORLD_DATA is set, on 12 real valid_unseen games (resets ~15x slower);
+- floors: per zero-parameter policy (`floor:random|first|last|rule`), the share of its wall time spent
+  choosing actions over 60 mini-game episodes (≤ 0.05: reporting the floors costs what the games cost);
 - rollout overhead: wall time of a tiny-model rollout over the time spent inside the policy's
   generate plus the time spent waiting on environments (target ≤ 1.10: our own code costs ≤ 10%);
 - annotate scoring throughput: teacher scoring tokens/s over a bare batched forward pass of the same turns
@@ -37,7 +39,7 @@ from pathlib import Path
 import torch
 
 from bench.annotate_bench import annotation_storage, hf_scorers, scoring_rows
-from bench.play_bench import env_parallelism, rollout_overhead
+from bench.play_bench import env_parallelism, floor_costs, rollout_overhead
 from bench.sweep_bench import sweep_speedup
 from bench.table import Row, print_table
 from bench.train_bench import round_stages, training_overhead
@@ -79,6 +81,7 @@ def main() -> None:
     if full_data and (Path(full_data) / "json_2.1.1").is_dir():
         real = select_games(discover_games(Path(full_data), "valid_unseen"), 12)
         rows.append(env_parallelism(tokenizer, [EpisodeSpec(g, 0) for g in real], args.workers, "real", full_data))
+    rows.extend(floor_costs(tokenizer, specs, args.workers, config.env.max_steps))
     rows.append(rollout_overhead(tokenizer, student, specs, config))
 
     turns = read_stage(run_rollout(config, 1, force=True).directory, "turns").to_pylist()

@@ -1,13 +1,15 @@
-"""Rollout benchmarks: environment parallelism and the rollout loop's own overhead."""
+"""Rollout benchmarks: environment parallelism, the rollout loop's own overhead, and what the floors cost."""
 
 from __future__ import annotations
 
 from bench.table import Row
 from pipeline.backends.hf import HFGenerator
+from pipeline.config import FLOORS
 from pipeline.envs.games import MINI_DATA
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.workers import EnvPool
 from pipeline.episodes import EpisodeRunner, PlayTimings
+from pipeline.floors import FloorPolicy
 from pipeline.policies import ExpertPolicy, LMPolicy
 
 
@@ -57,3 +59,27 @@ def rollout_overhead(tokenizer, model, specs, config) -> Row:
         f"wall {timings.wall_seconds:.2f}s = generate {timings.policy_seconds:.2f}s + env wait "
         f"{timings.env_seconds:.2f}s + ours {timings.wall_seconds - inside:.2f}s, {timings.steps} turns",
     )
+
+
+def floor_costs(tokenizer, specs, workers: int, max_steps: int) -> list[Row]:
+    """Per floor: the share of its wall time spent choosing actions, over 60 episodes of the mini games.
+
+    The floors stand beside every rate in the tables, so reporting them must stay cheap: their time should be
+    the environments' (≤ 5% in the policy), and the detail says what 60 games cost.
+    """
+    episodes = (specs * (60 // len(specs) + 1))[:60]
+    rows = []
+    for floor in FLOORS:
+        timings = play(FloorPolicy(floor, tokenizer, think=False), tokenizer, episodes, workers, 60, max_steps)
+        share = timings.policy_seconds / timings.wall_seconds
+        rows.append(
+            Row(
+                f"floor:{floor}, choosing over wall",
+                share,
+                "<= 0.05",
+                share <= 0.05,
+                f"60 episodes (at most {max_steps} steps) in {timings.wall_seconds:.1f}s wall, "
+                f"{timings.policy_seconds:.2f}s choosing, {timings.steps} turns",
+            )
+        )
+    return rows

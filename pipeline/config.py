@@ -19,14 +19,27 @@ from typing import Any, ClassVar
 
 import yaml
 
+from pipeline.envs.listing import LISTINGS, REMOVED_LISTINGS, REMOVED_WHY
 from pipeline.errors import UserError
 
-SPLITS = ("train", "valid_seen", "valid_unseen", "valid_train")
-POLICY_NAMES = ("student", "teacher", "expert")
+# test_* are sealed (the mini benchmark's, pipeline/envs/benchmark.py): played by `eval` for final tables only,
+# never trained on nor used to build a vocabulary.
+TEST_SPLITS = ("test_seen", "test_unseen")
+SPLITS = ("train", "valid_seen", "valid_unseen", "valid_train", *TEST_SPLITS)
 DATA_SOURCES = ("mini", "bench", "alfworld")
 DAGGER_EXPERTS = ("planner", "search", "sweep")
-# How the environment lists the admissible actions, `go to` first of all (pipeline.envs.alfworld_env).
-GO_TO_ORDERS = ("sorted", "from_here", "next_last", "task_last", "deliver_last")
+SEARCHING_EXPERTS = ("search", "sweep")  # the experts that act on what the agent can know (envs/search_expert.py)
+FLOORS = ("random", "first", "last", "rule")  # zero-parameter policies (pipeline/floors.py)
+# `expert` replays the walkthrough; `expert:search|sweep` plays a searching expert; `floor:NAME` a floor.
+POLICY_NAMES = (
+    "student",
+    "teacher",
+    "expert",
+    *(f"expert:{name}" for name in SEARCHING_EXPERTS),
+    *(f"floor:{name}" for name in FLOORS),
+)
+# Settings that no longer exist, with what to do instead: a config naming one gets this line, not "unknown key".
+REMOVED_KEYS = {"env.go_to_order": f"env.go_to_order {REMOVED_WHY}"}
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -76,15 +89,11 @@ class EnvConfig:
     max_steps: int = _help("Steps before an episode is cut off (ALFWorld's usual protocol: 50).", default=50)
     history: int = _help("How many recent (observation, action) pairs the prompt shows.", default=2)
     think: bool = _help("Ask for reasoning in <think>…</think> before <action>…</action>.", default=False)
-    go_to_order: str = _help(
-        "How the `go to` actions are listed: `sorted` (the engine's order, by name), `from_here` (the "
-        "rest of a tour of the room, starting after where the agent stands: a memoryless agent sweeps a "
-        "room by taking the first suitable one), `next_last` (that tour backwards, as the last actions of "
-        "the list: the next receptacle is the last action on screen, which a tiny model copies far more easily) "
-        "`task_last` (`next_last`, then the actions whose object the task sentence names: the take, move, "
-        "heat or use of the task's object is at the very end) or `deliver_last` (`task_last`, and while the "
-        "agent holds the task's object the `go to` of the task's receptacles and of the device its verb needs "
-        "end the `go to` block, the device last, then the commands on the object that bring the task on).",
+    listing: str = _help(
+        "How the prompt lists the admissible actions: `sorted` (the engine's order, by name) or `shuffled` (a "
+        "permutation seeded by the episode and the turn: an agent must find an action by its words, not its place). "
+        "Nothing else: an order computed from the task or an expert's plan writes the answer into the observation "
+        "(pipeline/envs/listing.py).",
         default="sorted",
     )
     num_workers: int = _help("Environment worker processes; resets and steps run in them, in parallel.", default=2)
@@ -93,10 +102,8 @@ class EnvConfig:
         _check(self.max_steps >= 1, f"max_steps must be at least 1, not {self.max_steps}.")
         _check(self.history >= 0, f"history must be 0 or more, not {self.history}.")
         _check(self.num_workers >= 1, f"num_workers must be at least 1, not {self.num_workers}.")
-        _check(
-            self.go_to_order in GO_TO_ORDERS,
-            f"go_to_order must be one of {', '.join(GO_TO_ORDERS)}, not {self.go_to_order!r}.",
-        )
+        _check(self.listing not in REMOVED_LISTINGS, f"listing {self.listing} {REMOVED_WHY}.")
+        _check(self.listing in LISTINGS, f"listing must be one of {', '.join(LISTINGS)}, not {self.listing!r}.")
 
 
 # vLLM engine knobs: they decide where and how fast responses are made, never which (kept out of manifests).
@@ -204,6 +211,11 @@ class RolloutConfig(PlayConfig):
     """
 
     section: ClassVar[str] = "rollout"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        sealed = [split for split in self.splits if split in TEST_SPLITS]
+        _check(not sealed, f"rollout may not play the sealed test split {', '.join(sealed)}: train on train games.")
 
 
 @dataclass
@@ -502,6 +514,7 @@ class PrepareConfig:
             )
         for split in self.tokenizer_splits:
             _check(split in SPLITS, f"unknown split {split!r} in tokenizer_splits; choose from {', '.join(SPLITS)}.")
+            _check(split not in TEST_SPLITS, f"tokenizer_splits may not name the sealed test split {split}.")
 
 
 @dataclass
@@ -650,6 +663,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
+    if removed := [REMOVED_KEYS[prefix + key] for key in unknown if prefix + key in REMOVED_KEYS]:
+        raise UserError(f"config: {removed[0]}")
     if unknown:
         known = ", ".join(fields)
         raise UserError(f"unknown config key '{prefix}{unknown[0]}' (known here: {known})")

@@ -9,7 +9,6 @@ replaying the same list gives the same turns.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,15 +17,11 @@ from dataclasses import dataclass, field
 from pipeline.envs.actions import NOTHING_HAPPENS, UNFINISHED, parse_action
 from pipeline.envs.alfworld_env import EnvFailure, EnvStep
 from pipeline.envs.games import Game
+from pipeline.envs.listing import list_actions
 from pipeline.envs.prompts import PromptRenderer, TurnView
 from pipeline.envs.workers import EnvPool
 from pipeline.policies import Policy, TurnRequest
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any labels (Python's hash() is salted per process)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+from pipeline.seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,9 @@ class Episode:
 
     def request(self, prompt_ids: list[int]) -> TurnRequest:
         """What a policy gets to answer this episode's next turn."""
-        return TurnRequest(prompt_ids, self.spec.game, len(self.turns), tuple(self.admissible), self.expert_action)
+        return TurnRequest(
+            prompt_ids, self.spec.game, len(self.turns), tuple(self.admissible), self.expert_action, self.observation
+        )
 
     def view(self, history: int, max_steps: int) -> TurnView:
         recent = [(t["observation"], t["action"]) for t in self.turns[-history:]] if history else []
@@ -88,6 +85,7 @@ class EpisodeRunner:
         max_steps: int,
         history: int,
         think: bool,
+        listing: str = "sorted",
     ) -> None:
         self.policy = policy
         self.renderer = renderer
@@ -96,6 +94,7 @@ class EpisodeRunner:
         self.max_steps = max_steps
         self.history = history
         self.think = think
+        self.listing = listing
         self.timings = PlayTimings()
 
     def play(
@@ -140,7 +139,7 @@ class EpisodeRunner:
             spec,
             task=result.task,
             observation=result.observation,
-            admissible=result.admissible,
+            admissible=list_actions(result.admissible, self.listing, spec.episode_id, 0),
             expert_action=result.expert_action,
         )
 
@@ -183,7 +182,8 @@ class EpisodeRunner:
             turn.update(feedback="", done=True, won=False, error=result.error)
             ep.error, ep.finished = result.error, True
             return
-        ep.observation, ep.admissible = result.observation, result.admissible
+        ep.observation = result.observation
+        ep.admissible = list_actions(result.admissible, self.listing, ep.spec.episode_id, len(ep.turns))
         ep.expert_action = result.expert_action
         ep.won = result.won
         ep.finished = result.done or len(ep.turns) >= self.max_steps
@@ -210,7 +210,7 @@ def play_games(
     think: bool,
     seed: int = 0,
     expert: str | None = None,
-    go_to_order: str = "sorted",
+    listing: str = "sorted",
     on_finished: Callable[[Episode], None] | None = None,
 ) -> list[Episode]:
     """Play a list of episodes with a fresh worker pool (prepare's corpus, DAgger plays and checks).
@@ -218,11 +218,18 @@ def play_games(
     At most PLAY_BATCH episodes are under way at once: each live game holds its engine state in a worker
     (1,008 at once grew each of two workers to 1.4 GB in prepare's DAgger play on the benchmark).
     `expert` runs that expert in the environments, for policies that need its action (`NoisyExpertPolicy`);
-    `go_to_order` is the games' listing of `go to` actions (`AlfWorldGame`).
+    `listing` is how prompts list the admissible actions (`pipeline.envs.listing`).
     """
-    with EnvPool(num_workers, data_root, expert=expert, go_to_order=go_to_order) as pool:
+    with EnvPool(num_workers, data_root, expert=expert) as pool:
         batch_size = min(len(specs), PLAY_BATCH)
         runner = EpisodeRunner(
-            policy, renderer, pool, batch_size=batch_size, max_steps=max_steps, history=history, think=think
+            policy,
+            renderer,
+            pool,
+            batch_size=batch_size,
+            max_steps=max_steps,
+            history=history,
+            think=think,
+            listing=listing,
         )
         return runner.play(specs, seed=seed, on_finished=on_finished)

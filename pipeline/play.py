@@ -27,14 +27,16 @@ from pipeline.config import ENGINE_SETTINGS, Config, PlayConfig
 from pipeline.envs.games import Game, discover_games, resolve_data_root, sample_games
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.workers import EnvPool
-from pipeline.episodes import Episode, EpisodeRunner, EpisodeSpec, PlayTimings, derive_seed
+from pipeline.episodes import Episode, EpisodeRunner, EpisodeSpec, PlayTimings
 from pipeline.errors import Interrupted, UserError
 from pipeline.evaluation import eval_row, summarize, turn_rows
+from pipeline.floors import FloorPolicy
 from pipeline.hashing import fingerprint, sha256_file
 from pipeline.locks import writer_lock
-from pipeline.policies import ExpertPolicy, LMPolicy, Policy
+from pipeline.policies import ExpertPolicy, LMPolicy, Policy, SearchingExpertPolicy
 from pipeline.provenance import provenance
 from pipeline.runs import ResolvedPolicy, RunLayout, eval_dir_name, resolve_policy
+from pipeline.seeding import derive_seed
 from pipeline.sharding import ALL_PARTS, Sharding
 from pipeline.shards import StageWriter, read_stage
 
@@ -197,7 +199,7 @@ def _run_play(
         if todo:
             base = {"run": config.run, "round": round_, "policy": policy.label}
             try:
-                pool = EnvPool(config.env.num_workers, str(data_root.resolve()), go_to_order=config.env.go_to_order)
+                pool = EnvPool(config.env.num_workers, str(data_root.resolve()), expert=policy.env_expert)
                 with pool, stage_backend(config):
                     runner = _build_runner(config, policy, temperature, pool)
                     if progress is not None:
@@ -268,11 +270,15 @@ def _build_runner(config: Config, policy: ResolvedPolicy, temperature: float, po
         torch.set_num_threads(config.runtime.threads)
     tokenizer = load_tokenizer(_tokenizer_path(config, policy))
     actor: Policy
-    if policy.model is None:
-        actor = ExpertPolicy(tokenizer, think=config.env.think)
-    else:
+    if policy.model is not None:
         generator = load_generator(config, policy.model, tokenizer)
         actor = LMPolicy(policy.label, generator, config.sampling, temperature)
+    elif policy.env_expert is not None:
+        actor = SearchingExpertPolicy(policy.env_expert, tokenizer, think=config.env.think)
+    elif policy.label.startswith("floor:"):
+        actor = FloorPolicy(policy.label.removeprefix("floor:"), tokenizer, think=config.env.think)
+    else:
+        actor = ExpertPolicy(tokenizer, think=config.env.think)
     return EpisodeRunner(
         actor,
         PromptRenderer(tokenizer, config.env.think),
@@ -281,4 +287,5 @@ def _build_runner(config: Config, policy: ResolvedPolicy, temperature: float, po
         max_steps=config.env.max_steps,
         history=config.env.history,
         think=config.env.think,
+        listing=config.env.listing,
     )

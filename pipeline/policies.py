@@ -31,6 +31,7 @@ class TurnRequest:
     turn: int
     admissible: tuple[str, ...] = ()
     expert_action: str | None = None  # the env expert's next command from this state, when it runs one
+    observation: str = ""  # what the game said last (the floors read its first words)
 
 
 class Policy(Protocol):
@@ -75,6 +76,20 @@ def expert_answer(tokenizer, request: TurnRequest, reasoning: str | None) -> Gen
     if request.expert_action is None:
         raise ValueError("DAgger labels need the env expert's action: play with an env that runs one")
     return answer(tokenizer, request.expert_action, reasoning)
+
+
+class SearchingExpertPolicy:
+    """Plays the env's searching expert (`search` or `sweep`, run in the environment's workers): the ceiling
+    of the benchmark tables. Unlike the walkthrough's planner it acts only on what the agent can know, so
+    it wins what a policy that reads the prompt well could win."""
+
+    def __init__(self, expert: str, tokenizer, think: bool) -> None:
+        self.name = f"expert:{expert}"
+        self.tokenizer = tokenizer
+        self.reasoning = "" if think else None
+
+    def act(self, requests: list[TurnRequest], seed: int) -> list[Generation]:
+        return [expert_answer(self.tokenizer, request, self.reasoning) for request in requests]
 
 
 class NoisyExpertPolicy:

@@ -112,21 +112,24 @@ def next_round(layout: RunLayout) -> int:
 
 @dataclass(frozen=True)
 class ResolvedPolicy:
-    """`label` goes into the `policy` column; `model` is the checkpoint folder (None for the expert)."""
+    """`label` goes into the `policy` column; `model` is the checkpoint folder (None for the experts and floors);
+    `env_expert` is the expert the environments must run for it (`expert:search` plays its actions)."""
 
     label: str
     model: str | None
+    env_expert: str | None = None
 
 
 def resolve_policy(name: str, config: Config, layout: RunLayout, round_: int, after_training: bool) -> ResolvedPolicy:
     """`student` is the round's input checkpoint for rollout, and its output checkpoint for eval."""
-    if name == "expert":
-        return ResolvedPolicy("expert", None)
     if name == "student":
         pick = layout.student_leaving if after_training else layout.student_entering
         return ResolvedPolicy("student", pick(round_, config.models.student))
     if name == "teacher":
         return ResolvedPolicy("teacher", config.models.teacher)
+    if name in POLICY_NAMES:  # the experts and the floors: no model
+        searcher = name.removeprefix("expert:") if name.startswith("expert:") else None
+        return ResolvedPolicy(name, None, searcher)
     if not Path(name).is_dir():
         raise UserError(
             f"--policy must be one of {', '.join(POLICY_NAMES)} or a checkpoint folder; {name!r} is neither"

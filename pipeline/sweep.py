@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from pipeline.config import Config, load_config
+from pipeline.config import FLOORS, Config, load_config
 from pipeline.errors import UserError
 from pipeline.locks import try_flock
 from pipeline.runs import RunLayout, next_round, recorded_rounds
@@ -114,8 +114,8 @@ class SweepPlan:
     runs: configs × seeds, in that order. rounds: each run is brought to this many recorded rounds.
     jobs: runs driven at once. threads: torch/OpenMP threads per child (0 = the cores shared by the
     jobs). overrides: `--set` items passed to every child. teacher: evaluate the teacher once per run
-    (a reference row per seed in the report). baseline: a config stem or run name the report compares
-    the others with.
+    (a reference row per seed in the report); floors: the zero-parameter floors too (`pipeline/floors.py`,
+    the report's gap closed). baseline: a config stem or run name the report compares the others with.
     """
 
     runs: tuple[SweepRun, ...]
@@ -125,6 +125,7 @@ class SweepPlan:
     overrides: tuple[str, ...] = ()
     teacher: bool = True
     baseline: str | None = None
+    floors: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.runs), "name at least one --config")
@@ -155,6 +156,11 @@ class SweepPlan:
         )
 
     @property
+    def references(self) -> tuple[str, ...]:
+        """The policies each run evaluates once, after its rounds: they depend on the seed, not the method."""
+        return ("teacher",) * self.teacher + tuple(f"floor:{name}" for name in FLOORS) * self.floors
+
+    @property
     def names(self) -> list[str]:
         return [run.name for run in self.runs]
 
@@ -166,15 +172,15 @@ class SweepPlan:
     def child_threads(self) -> int:
         return self.threads or threads_per_job(available_cores(), self.jobs, len(self.runs))
 
-    def child(self, run: SweepRun, command: str, round_: int) -> Child:
-        """The child process for `round` (the run's next round) or the teacher's `eval` of round 1."""
+    def child(self, run: SweepRun, command: str, round_: int, policy: str = "teacher") -> Child:
+        """The child process for `round` (the run's next round) or a reference policy's `eval` of round 1."""
         threads = self.child_threads
         items = [*self.overrides, f"seed={run.seed}", f"runtime.threads={threads}"]
         argv = [sys.executable, "-m", "stages", command, "--config", str(run.config_path), "--run", run.name]
         argv += ["--base", str(run.base)] if run.base is not None else []
         argv += [f"--set={item}" for item in items]
         if command == "eval":
-            argv += ["--policy", "teacher", "--round", "1"]
+            argv += ["--policy", policy, "--round", "1"]
         return Child(run.name, command, round_, tuple(argv), threads)
 
     def report_dir(self) -> Path:
@@ -197,6 +203,7 @@ def plan_sweep(
     teacher: bool = True,
     baseline: str | None = None,
     base: Path | None = None,
+    floors: bool = False,
 ) -> SweepPlan:
     """The grid, every config loaded as its children will load it: bad input is a UserError before any work."""
     seed_list = parse_seeds(seeds)
@@ -210,7 +217,7 @@ def plan_sweep(
         for seed in seed_list  # seed by seed: a sweep stopped midway leaves its groups within one seed of each other
         for path in configs
     )
-    return SweepPlan(grid, rounds, jobs, threads, tuple(overrides), teacher, baseline)
+    return SweepPlan(grid, rounds, jobs, threads, tuple(overrides), teacher, baseline, floors)
 
 
 # ------------------------------------------------------------------------------------------ children
@@ -373,7 +380,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def drive_run(
     plan: SweepPlan, run: SweepRun, execute: Execute, stopping: threading.Event, notify: Callable[[str], None]
 ) -> RunOutcome:
-    """Run the run's missing rounds one child at a time, then the teacher's eval; stop at the first failure.
+    """Run the run's missing rounds one child at a time, then the reference evals; stop at the first failure.
 
     A child that exits non-zero while the sweep is stopping was stopped, not failed.
     """
@@ -396,9 +403,11 @@ def drive_run(
                     return _failed(run, step, "it ended without its line in rounds.jsonl", start, done, notify)
                 done += 1
                 notify(_round_line(run.name, recorded_rounds(layout)[-1], plan.rounds))
-            if log is not None and plan.teacher and not stopping.is_set():
-                step = "teacher eval"
-                exit_ = execute(plan.child(run, "eval", 1), log)
+            for policy in plan.references:
+                if log is None or stopping.is_set():
+                    break
+                step = f"{policy} eval"
+                exit_ = execute(plan.child(run, "eval", 1, policy), log)
                 if exit_.returncode != 0 and not stopping.is_set():
                     return _failed(run, step, exit_.last_line, start, done, notify)
         if stopping.is_set():

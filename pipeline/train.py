@@ -37,12 +37,12 @@ from pipeline.checkpoints import (
     verified_record,
 )
 from pipeline.config import Config
-from pipeline.episodes import derive_seed
 from pipeline.errors import StorageError, UserError
 from pipeline.hashing import fingerprint
 from pipeline.locks import writer_lock
 from pipeline.losses import LABEL_NAMES
 from pipeline.runs import RunLayout
+from pipeline.seeding import derive_seed
 from pipeline.shards import read_manifest, stage_fingerprint, stage_parts
 from pipeline.train_data import build_examples, round_data, world_batch_size
 from pipeline.trainer import train_student

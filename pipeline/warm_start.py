@@ -73,7 +73,7 @@ def play(
         think=config.env.think,
         seed=config.seed,
         expert=expert,
-        go_to_order=config.env.go_to_order,
+        listing=config.env.listing,
         on_finished=progress,
     )
 
@@ -177,7 +177,7 @@ def sft_in_place(
 def prompt_settings(config: Config) -> dict[str, Any]:
     """The settings that shape the prompts a warm start learns from (and any later prompt must match)."""
     env = config.env
-    return {"history": env.history, "max_steps": env.max_steps, "think": env.think, "go_to_order": env.go_to_order}
+    return {"history": env.history, "max_steps": env.max_steps, "think": env.think, "listing": env.listing}
 
 
 def recipe_settings(config: Config, name: str) -> dict[str, Any]:
@@ -206,15 +206,22 @@ def recipe_settings(config: Config, name: str) -> dict[str, Any]:
     return recipe
 
 
+def _learned_prompt(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A record's prompt settings under today's names: `go_to_order` (removed in #28) was the listing."""
+    learned = {key: value for key, value in recorded.items() if key != "go_to_order"}
+    return {"listing": recorded.get("go_to_order", "sorted"), **learned}
+
+
 def _refuse_another_warm_start(config: Config, name: str, model: str, record: dict[str, Any] | None) -> None:
     """A model warm-started on other prompts or another recipe would be kept as if it were this config's: say
     so instead. (Records written before `prompt` or `recipe` was recorded are taken as they are; records written
-    before `go_to_order` existed were made with the engine's sorted order, the only one there was.)"""
+    before any listing setting existed were made with the engine's sorted order, the only one there was; records
+    of the removed `go_to_order` setting name their listing under that key.)"""
     if record is None:
         return
     differ = []
     if "prompt" in record:
-        learned, wanted = {"go_to_order": "sorted", **record["prompt"]}, prompt_settings(config)
+        learned, wanted = _learned_prompt(record["prompt"]), prompt_settings(config)
         differ += [f"env.{key}={learned[key]}" for key in wanted if learned.get(key) != wanted[key]]
     if "recipe" in record:
         learned, wanted = record["recipe"], recipe_settings(config, name)

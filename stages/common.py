@@ -65,7 +65,12 @@ RayAddressOpt = Annotated[
     str | None, typer.Option(help="A running Ray cluster, host:port (default: a local one started for the command).")
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the stage from scratch, discarding its outputs.")]
-PolicyOpt = Annotated[str | None, typer.Option(help="student | teacher | expert | a checkpoint folder.")]
+PolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="student | teacher | expert | expert:search | expert:sweep | floor:random|first|last|rule | a folder."
+    ),
+]
 SplitOpt = Annotated[list[str] | None, typer.Option("--split", help="ALFWorld split (repeat for several).")]
 NumGamesOpt = Annotated[int | None, typer.Option(help="Games per split (0 = all).")]
 SamplesOpt = Annotated[int | None, typer.Option(help="Episodes per game.")]

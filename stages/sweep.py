@@ -21,6 +21,7 @@ RoundsOpt = Annotated[int, typer.Option(help="Rounds every run is brought to.")]
 JobsOpt = Annotated[int, typer.Option(help="Runs driven at once.")]
 ThreadsOpt = Annotated[int, typer.Option(help="torch/OpenMP threads per child (0 = cores // jobs).")]
 TeacherOpt = Annotated[bool, typer.Option(help="Evaluate the teacher once per run (a reference row per seed).")]
+FloorsOpt = Annotated[bool, typer.Option(help="Evaluate the zero-parameter floors once per run (floor:random, …).")]
 BaselineOpt = Annotated[str | None, typer.Option(help="Compare the others with this config (stem) or run.")]
 OutOpt = Annotated[Path | None, typer.Option(help="Report folder (default: reports/sweep-<configs> beside runs_dir).")]
 INTERRUPTED = 130  # the shell's code for a stop by Ctrl-C
@@ -36,13 +37,14 @@ def sweep(
     set_: SetOpt = None,
     threads: ThreadsOpt = 0,
     teacher: TeacherOpt = True,
+    floors: FloorsOpt = False,
     baseline: BaselineOpt = None,
     out: OutOpt = None,
 ) -> None:
     """Run every (config, seed) of the grid for --rounds rounds, --jobs at a time, and write the report."""
     from pipeline import sweep as sweeps  # torch, the report's matplotlib: only when the command runs
 
-    plan = sweeps.plan_sweep(config or [], seeds, rounds, jobs, set_ or [], threads, teacher, baseline, base)
+    plan = sweeps.plan_sweep(config or [], seeds, rounds, jobs, set_ or [], threads, teacher, baseline, base, floors)
     result = sweeps.run_sweep(plan, notify=note)
     if result.interrupted:
         note(kept_line(plan, result))

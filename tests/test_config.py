@@ -194,9 +194,26 @@ def test_the_new_prepare_settings_are_checked():
         load_config(None, ["prepare.tokenizer_splits=[train, test]"])
     with pytest.raises(UserError, match="source must be one of mini, bench, alfworld"):
         load_config(None, ["data.source=real"])
-    orders = "sorted, from_here, next_last, task_last, deliver_last"
-    with pytest.raises(UserError, match=f"go_to_order must be one of {orders}, not 'shuffled'"):
-        load_config(None, ["env.go_to_order=shuffled"])
+    with pytest.raises(UserError, match="listing must be one of sorted, shuffled, not 'by_task'"):
+        load_config(None, ["env.listing=by_task"])
+
+
+def test_the_sealed_test_splits_are_for_eval_only():
+    assert load_config(None, ["eval.splits=[test_seen, test_unseen]"]).eval.splits == ["test_seen", "test_unseen"]
+    with pytest.raises(UserError, match="rollout may not play the sealed test split test_unseen"):
+        load_config(None, ["rollout.splits=[train, test_unseen]"])
+    with pytest.raises(UserError, match="tokenizer_splits may not name the sealed test split test_seen"):
+        load_config(None, ["prepare.tokenizer_splits=[train, test_seen]"])
+
+
+@pytest.mark.parametrize("listing", ["from_here", "next_last", "task_last", "deliver_last"])
+def test_a_removed_listing_gets_one_line_saying_why(listing):
+    """The shaped listings of earlier versions are gone (#28): under either the old key or the new one, the
+    user is told what happened and what to use, not "unknown key"."""
+    with pytest.raises(UserError, match=r"env.go_to_order was removed in issue #28: .* use env.listing: sorted"):
+        load_config(None, [f"env.go_to_order={listing}"])
+    with pytest.raises(UserError, match=rf"listing {listing} was removed in issue #28: .*120 of 120"):
+        load_config(None, [f"env.listing={listing}"])
 
 
 def test_scientific_notation_is_a_float():

@@ -22,9 +22,9 @@ from transformers import AutoModelForCausalLM
 from pipeline.annotate import run_annotate
 from pipeline.checkpoints import read_train_log
 from pipeline.config import load_config
-from pipeline.episodes import derive_seed
 from pipeline.play import run_rollout
 from pipeline.runs import RunLayout
+from pipeline.seeding import derive_seed
 from pipeline.shards import StageWriter, part_name, read_manifest, read_stage
 from pipeline.train import RECORD_FILE, run_train
 from pipeline.train_data import build_examples
@@ -117,8 +117,10 @@ def test_two_gloo_processes_train_a_round_as_one_process_does(tmp_path, small_se
     if all_skip:  # the second and fourth steps: Σw = 0, loss 0
         assert [entry["skipped_batches"] for entry in double[1]] == [0, 1, 0, 1]
         assert [entry["loss"] for entry in double[1]][1::2] == [0.0, 0.0]
+    # float32 sums in another order (gloo's all-reduce against one process's accumulation): measured up to
+    # 1.2e-6 apart on 1 of 12,288 weights after 4 Adam steps (2026-12-08, torch 2.13.0), so 1e-5 absolute
     for name, value in single[2].items():
-        torch.testing.assert_close(double[2][name], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(double[2][name], value, rtol=1e-5, atol=1e-5)
 
 
 def _relabel_last_batch_skip(config, world_batch: int) -> None:

@@ -7,17 +7,7 @@ import signal
 import pytest
 
 from pipeline.backends.hf import load_tokenizer
-from pipeline.config import GO_TO_ORDERS
-from pipeline.envs.alfworld_env import (
-    AlfWorldGame,
-    EnvFailure,
-    EnvStep,
-    deliver_last,
-    next_last,
-    split_task,
-    task_last,
-    tour_from_here,
-)
+from pipeline.envs.alfworld_env import AlfWorldGame, EnvFailure, EnvStep, split_task
 from pipeline.envs.games import MINI_DATA, MINI_SPLITS, TASK_TYPES, discover_games, select_games
 from pipeline.envs.prompts import PromptRenderer
 from pipeline.envs.search_expert import SearchTask, kind
@@ -52,153 +42,6 @@ def test_a_mini_game_in_the_engine(monkeypatch):
     env.close()
 
 
-def test_the_go_to_tour_starts_after_where_the_agent_stands_and_wraps_around():
-    receptacles = ["cabinet 1", "cabinet 10", "cabinet 2", "desk 1", "fridge 1"]  # sorted by name, as the engine does
-    at_cabinet_2 = [
-        "examine cabinet 2",
-        "go to cabinet 1",
-        "go to cabinet 10",
-        "go to desk 1",
-        "go to fridge 1",
-        "look",
-    ]
-    assert tour_from_here(at_cabinet_2, receptacles) == [
-        "examine cabinet 2", "go to desk 1", "go to fridge 1", "go to cabinet 1", "go to cabinet 10", "look",
-    ]  # fmt: skip
-    at_fridge = ["go to cabinet 1", "go to cabinet 10", "go to cabinet 2", "go to desk 1", "inventory"]
-    assert tour_from_here(at_fridge, receptacles) == at_fridge  # the last one: the tour is the sorted list
-    in_the_middle = ["go to " + name for name in receptacles]
-    assert tour_from_here(in_the_middle, receptacles) == in_the_middle  # nowhere yet: nothing to start after
-    assert next_last(at_cabinet_2, receptacles) == [
-        "examine cabinet 2", "look", "go to cabinet 10", "go to cabinet 1", "go to fridge 1", "go to desk 1",
-    ]  # fmt: skip
-    assert next_last(in_the_middle, receptacles) == in_the_middle[::-1]
-
-
-def test_task_last_moves_the_commands_naming_a_task_word_after_the_tour():
-    receptacles = ["cabinet 1", "desk 1", "drawer 1", "dresser 1"]
-    at_drawer_1 = [
-        "close drawer 1",
-        "examine drawer 1",
-        "go to cabinet 1",
-        "go to desk 1",
-        "go to dresser 1",
-        "heat mug 1 with microwave 1",  # "heat" is a task word, but only as the verb here
-        "inventory",
-        "take book 1 from drawer 1",
-        "take pen 2 from drawer 1",
-        "take pen 3 from dresser 1",  # the task's receptacle, not its object
-    ]
-    task = frozenset("heat some book and put it on dresser".split())
-    assert task_last(at_drawer_1, receptacles, task) == [
-        "close drawer 1", "examine drawer 1", "heat mug 1 with microwave 1", "inventory", "take pen 2 from drawer 1",
-        "take pen 3 from dresser 1",
-        "go to desk 1", "go to cabinet 1", "go to dresser 1",  # the tour from here backwards; a `go to` stays in it
-        "take book 1 from drawer 1",
-    ]  # fmt: skip
-    assert task_last(at_drawer_1, receptacles, frozenset()) == next_last(at_drawer_1, receptacles)
-
-
-def test_deliver_last_moves_the_task_receptacles_out_of_the_search_and_to_the_end_of_a_delivery():
-    receptacles = ["cabinet 1", "cabinet 10", "cabinet 2", "countertop 1", "drawer 1", "microwave 1", "sinkbasin 1"]
-    go_tos = [f"go to {name}" for name in receptacles if name != "drawer 1"]
-    task = frozenset("heat some cup and put it in cabinet".split())
-    searching = ["examine drawer 1", *go_tos, "inventory", "take cup 1 from drawer 1"]
-    assert deliver_last(searching, receptacles, task) == [
-        "examine drawer 1", "inventory",
-        "go to cabinet 2", "go to cabinet 10", "go to cabinet 1",  # never searched: out of the tour's end
-        "go to countertop 1", "go to sinkbasin 1", "go to microwave 1",  # the tour from drawer 1, backwards
-        "take cup 1 from drawer 1",
-    ]  # fmt: skip
-    holding = ["examine cup 1", "examine drawer 1", *go_tos, "inventory", "move cup 1 to drawer 1"]
-    assert deliver_last(holding, receptacles, task) == [
-        "examine drawer 1", "inventory", "examine cup 1", "move cup 1 to drawer 1",  # idle: before the tour
-        "go to countertop 1", "go to sinkbasin 1",
-        "go to cabinet 2", "go to cabinet 10", "go to cabinet 1", "go to microwave 1",  # cabinet 1 first by name
-    ]  # fmt: skip
-    at_the_device = [
-        "examine cup 1", "examine microwave 1", *(g for g in go_tos if g != "go to microwave 1"), "go to drawer 1",
-        "heat cup 1 with microwave 1", "inventory", "move cup 1 to microwave 1",
-    ]  # fmt: skip
-    assert deliver_last(at_the_device, receptacles, task)[-4:] == [
-        "go to cabinet 2", "go to cabinet 10", "go to cabinet 1", "heat cup 1 with microwave 1",
-    ]  # fmt: skip
-    at_a_cabinet = ["examine cabinet 2", "examine cup 1", "go to microwave 1", "move cup 1 to cabinet 2"]
-    assert deliver_last(at_a_cabinet, receptacles, task)[-2:] == ["go to microwave 1", "move cup 1 to cabinet 2"]
-    at_the_wrong_device = ["cool cup 1 with fridge 1", "examine cup 1", "go to microwave 1", "move cup 1 to fridge 1"]
-    assert deliver_last(at_the_wrong_device, receptacles + ["fridge 1"], task) == [
-        "cool cup 1 with fridge 1", "examine cup 1", "move cup 1 to fridge 1", "go to microwave 1",  # no use here
-    ]  # fmt: skip
-    other_object = ["examine drawer 1", "examine mug 1", *go_tos, "inventory", "move mug 1 to drawer 1"]
-    assert deliver_last(other_object, receptacles, task)[-1] == "go to microwave 1"  # searching: the tour's next
-    searching_at_a_cabinet = [g for g in go_tos if g != "go to cabinet 2"] + ["go to drawer 1", "examine cabinet 2"]
-    receptacle_words = frozenset("put some book on cabinet".split())  # "examine cabinet 2" holds nothing
-    assert deliver_last(searching_at_a_cabinet, receptacles, receptacle_words)[-2:] == [
-        "go to countertop 1",
-        "examine cabinet 2",
-    ]
-
-
-@pytest.mark.parametrize("game_index", range(0, 24, 4))
-def test_the_sweeping_expert_always_goes_to_the_last_go_to_on_screen_with_deliver_last(monkeypatch, game_index):
-    """On real games, from the first state to the win: searching, carrying to the device, then to the task's
-    receptacle, the sweep's every `go to` is the last one listed."""
-    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
-    game = [g for split in MINI_SPLITS for g in discover_games(MINI_DATA, split)][game_index]
-    env = AlfWorldGame(str(game.path), expert="sweep", go_to_order="deliver_last")
-    state, go_tos = env.reset(), 0
-    for _ in range(30):
-        if state.won:
-            break
-        if state.expert_action.startswith("go to "):
-            assert state.expert_action == [a for a in state.admissible if a.startswith("go to ")][-1]
-            go_tos += 1
-        state = env.step(state.expert_action)
-    assert state.won and go_tos >= 2
-    env.close()
-
-
-@pytest.mark.parametrize("game_index", [0, 5])
-def test_a_game_lists_the_same_actions_in_either_go_to_order(monkeypatch, game_index):
-    """`from_here` reorders the `go to` block of the engine's list and changes nothing else; `next_last` lists
-    that tour backwards after the other actions; `task_last` then moves the commands naming the task's words."""
-    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
-    game = discover_games(MINI_DATA, "train")[game_index]
-    orders = ("sorted", "from_here", "next_last", "task_last", "deliver_last")
-    games = [AlfWorldGame(str(game.path), go_to_order=order) for order in orders]
-    states = [env.reset() for env in games]
-    assert states[0].admissible == states[1].admissible  # at the start the agent stands at no receptacle
-    words = frozenset(states[0].task.split())
-    receptacles = sorted(c.removeprefix("go to ") for c in states[0].admissible if c.startswith("go to "))
-    moved = 0
-    for action in game.walkthrough[:-1]:
-        states = [env.step(action) for env in games]
-        engine, tour, backwards, task_at_end, delivery = (state.admissible for state in states)
-        assert delivery == deliver_last(engine, receptacles, words) and sorted(delivery) == sorted(engine)
-        go_tos = [c for c in tour if c.startswith("go to")]
-        assert backwards == [c for c in tour if not c.startswith("go to")] + go_tos[::-1]
-        assert task_at_end == task_last(engine, receptacles, words) and sorted(task_at_end) == sorted(engine)
-        moved += task_at_end != backwards
-        assert sorted(engine) == sorted(tour) and states[0].observation == states[1].observation
-        assert [c for c in engine if not c.startswith("go to")] == [c for c in tour if not c.startswith("go to")]
-        if action.startswith("go to "):
-            here, targets = (
-                action.removeprefix("go to "),
-                [c.removeprefix("go to ") for c in tour if c.startswith("go to")],
-            )
-            after = [name for name in targets if name > here]
-            assert targets == after + [name for name in targets if name < here]
-    assert moved, "the walkthrough takes the task's object: some state lists a command naming it last"
-    for env in games:
-        env.close()
-
-
-def test_an_unknown_go_to_order_is_refused(monkeypatch):
-    monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
-    with pytest.raises(ValueError, match="go_to_order must be one of sorted, from_here"):
-        AlfWorldGame(str(discover_games(MINI_DATA, "train")[0].path), go_to_order="random")
-
-
 def test_a_broken_game_fails_its_episode_only(tmp_path):
     broken = tmp_path / "game.tw-pddl"
     broken.write_text("{not json")
@@ -228,7 +71,7 @@ def test_a_dead_worker_fails_its_episodes_and_is_replaced():
         assert isinstance(pool.collect()[0], EnvStep)
 
 
-def play_expert(games, tokenizer, data_root, max_steps=50):
+def play_expert(games, tokenizer, data_root, max_steps=50, listing="sorted"):
     with EnvPool(2, str(data_root)) as pool:
         runner = EpisodeRunner(
             ExpertPolicy(tokenizer, think=False),
@@ -238,6 +81,7 @@ def play_expert(games, tokenizer, data_root, max_steps=50):
             max_steps=max_steps,
             history=2,
             think=False,
+            listing=listing,
         )
         return runner.play([EpisodeSpec(g, 0) for g in games], seed=0), runner.timings
 
@@ -298,8 +142,8 @@ def test_the_searching_expert_wins_from_any_state_with_admissible_actions_only(m
     """Two random detours first (the states a student strays into), then the searcher alone wins."""
     monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
     game = discover_games(MINI_DATA, "train")[game_index]
-    expert, order = ("search", "sweep")[game_index // 2 % 2], GO_TO_ORDERS[game_index % len(GO_TO_ORDERS)]
-    env = AlfWorldGame(str(game.path), expert=expert, go_to_order=order)
+    expert = ("search", "sweep")[game_index // 2 % 2]
+    env = AlfWorldGame(str(game.path), expert=expert)
     state = env.reset()
     rng = random.Random(game_index)
     for _ in range(2):
@@ -315,24 +159,24 @@ def test_the_searching_expert_wins_from_any_state_with_admissible_actions_only(m
 
 @pytest.mark.parametrize("game_index", range(0, 12, 3))
 def test_the_sweeping_expert_searches_the_next_receptacle_of_the_tour_that_is_not_the_parent(monkeypatch, game_index):
-    """Until it holds something, the sweep's `go to` is the first of the tour that is not of the task's parent
-    class (first on screen with `from_here`, last with `next_last`), and it opens every closed receptacle it
-    stands at: no receptacle table to learn."""
+    """Until it holds something, the sweep's `go to` is the next receptacle by name after where it stands
+    (wrapping around) that is not of the task's parent class, and it opens every closed receptacle it stands
+    at: no receptacle table to learn. (The engine lists the `go to`s by name, and leaves out the one it stands at.)"""
     monkeypatch.setenv("ALFWORLD_DATA", str(MINI_DATA))
     game = discover_games(MINI_DATA, "train")[game_index]
     parent = SearchTask.of_game(game.path).parent
-    order = ("from_here", "next_last")[game_index % 2]
-    env = AlfWorldGame(str(game.path), expert="sweep", go_to_order=order)
+    env = AlfWorldGame(str(game.path), expert="sweep")
     state, searched, here = env.reset(), 0, None
     for _ in range(30):
         if state.expert_action.startswith("take"):
             break
-        go_tos = [a for a in state.admissible if a.startswith("go to ")]
-        go_tos = go_tos if order == "from_here" else go_tos[::-1]
         if "is closed" in state.observation:
             assert state.expert_action == f"open {here}"
         else:
-            assert state.expert_action == next(a for a in go_tos if kind(a.removeprefix("go to ")) != parent)
+            places = [a.removeprefix("go to ") for a in state.admissible if a.startswith("go to ")]
+            places = [name for name in places if kind(name) != parent]
+            after = [name for name in places if here is None or name > here]
+            assert state.expert_action == f"go to {(after or places)[0]}"
             here, searched = state.expert_action.removeprefix("go to "), searched + 1
         state = env.step(state.expert_action)
     assert state.expert_action.startswith("take") and searched >= 1

@@ -131,17 +131,25 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     assert (models["teacher"] / "model.safetensors").stat().st_mtime_ns == stamp
     assert (models["teacher"] / SFT_RECORD).is_file()
     prompt = {"history": config.env.history, "max_steps": config.env.max_steps, "think": False}
-    assert teacher["prompt"] == {**prompt, "go_to_order": "sorted"}
+    assert teacher["prompt"] == {**prompt, "listing": "sorted"}
     other_prompts = make_config(*config_overrides, f"env.history={config.env.history + 1}")
     with pytest.raises(UserError, match=rf"warm-started with env.history={config.env.history}, not"):
         warm_start_models(other_prompts)  # kept silently, it would play prompts it never saw
-    with pytest.raises(UserError, match=r"warm-started with env.go_to_order=sorted, not"):
-        warm_start_models(make_config(*config_overrides, "env.go_to_order=from_here"))
-    for record_path in (models[name] / SFT_RECORD for name in ("teacher", "student")):  # as written before the order
+    with pytest.raises(UserError, match=r"warm-started with env.listing=sorted, not"):
+        warm_start_models(make_config(*config_overrides, "env.listing=shuffled"))
+    records_before = {name: (models[name] / SFT_RECORD).read_text() for name in ("teacher", "student")}
+    for record_path in (models[name] / SFT_RECORD for name in ("teacher", "student")):  # as written before listings
         record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "prompt": prompt}))
     assert warm_start_models(config)["teacher"]["prompt"] == prompt  # taken as the sorted order it was made with
-    with pytest.raises(UserError, match=r"warm-started with env.go_to_order=sorted, not"):
-        warm_start_models(make_config(*config_overrides, "env.go_to_order=from_here"))
+    with pytest.raises(UserError, match=r"warm-started with env.listing=sorted, not"):
+        warm_start_models(make_config(*config_overrides, "env.listing=shuffled"))
+    for record_path in (models[name] / SFT_RECORD for name in ("teacher", "student")):  # a removed listing (#28)
+        shaped = {**prompt, "go_to_order": "deliver_last"}
+        record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "prompt": shaped}))
+    with pytest.raises(UserError, match=r"warm-started with env.listing=deliver_last, not this config's"):
+        warm_start_models(config)
+    for name, text in records_before.items():
+        (models[name] / SFT_RECORD).write_text(text)
     assert teacher["recipe"]["prepare.teacher_dagger_iterations"] == 2
     other_recipes = {  # each would keep weights trained another way: the folder is named in the refusal
         "prepare.teacher_dagger_iterations=1": r"teacher was warm-started with prepare.teacher_dagger_iterations=2,",

@@ -356,6 +356,18 @@ def test_a_run_that_evaluated_nothing_is_a_column_of_dashes(tmp_path):
     assert report.figures == [] and report.page.is_file()
 
 
+def test_an_eval_under_a_removed_listing_is_reported_and_named(tmp_path):
+    """Past results stay readable (#28): an eval made under `deliver_last` is in the tables, with a note saying
+    that the listing is gone and why."""
+    layout = RunLayout(tmp_path / "runs" / "shaped")
+    shaped = {**MINI, "env": {"history": 0, "go_to_order": "deliver_last"}}
+    write_eval(layout.stage_dir(1, "eval"), eval_rows("shaped", 1, "student", "valid_unseen", "1100"), config=shaped)
+    report = write_report(tmp_path / "runs", ["shaped"], tmp_path / "report")
+    assert report.headline[0].frame.loc["round 1"].tolist() == ["50.0%"]
+    note = next(line for line in report.page.read_text().splitlines() if "removed listing" in line)
+    assert "played under the removed listing deliver_last: it ordered the actions by the task" in note
+
+
 def invoke(runs_dir: Path, *args: str):
     return CliRunner().invoke(app, ["report", f"--set=runs_dir={runs_dir}", *args])
 

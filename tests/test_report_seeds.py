@@ -20,7 +20,7 @@ from pipeline.report.groups import group_runs
 from pipeline.report.loading import RunData
 from pipeline.report.seed_tables import rate_text
 from pipeline.report.stats import difference_interval, mean_interval, relative_improvement, t_quantile
-from pipeline.runs import RunLayout
+from pipeline.runs import RunLayout, eval_dir_name
 from pipeline.shards import StageWriter
 
 T2 = math.sqrt(2 * 0.95**2 / (1 - 0.95**2))  # t(0.975, 2) in closed form: the CDF with 2 df is 1/2 + t / (2√(2 + t²))
@@ -80,7 +80,7 @@ def rollout_turn(run: str, index: int, probability: float) -> dict:
 
 
 def write_policy_eval(layout: RunLayout, round_: int, policy: str, wins: dict[str, str], seed: int, source="mini"):
-    folder = {"student": "eval", "teacher": "eval-teacher", STUDENT: "eval-tiny-student"}[policy]
+    folder = eval_dir_name(STUDENT if policy == STUDENT else policy)
     rows = [row for split, won in wins.items() for row in eval_rows(layout.root.name, round_, policy, split, won)]
     model = f"runs/{layout.root.name}/round-{round_:03d}/checkpoint" if policy == "student" else policy
     config = play_config(layout.root.name, round_, seed, policy, source, model)
@@ -105,6 +105,9 @@ def runs_dir(tmp_path_factory) -> Path:
         initial = {"valid_seen": "0000", "valid_unseen": "1000" if seed % 2 == 0 else "0000"}
         write_policy_eval(layout, 1, STUDENT, initial, seed)
         write_policy_eval(layout, 2, "teacher", {"valid_unseen": "1110" if seed == 2 else "1111"}, seed)
+        # the floors: random wins 1 of 4 in seed 1 only (mean 1/16), last never
+        write_policy_eval(layout, 2, "floor:random", {"valid_unseen": "1000" if seed == 1 else "0000"}, seed)
+        write_policy_eval(layout, 2, "floor:last", {"valid_unseen": "0000"}, seed)
         write_annotations(layout.stage_dir(1, "annotations"), layout.root.name, 1, labels)
     sage = {0: ("1000", "1100"), 1: ("1100", "1000"), 2: ("1110", "1110")}
     for seed, (first, second) in sage.items():
@@ -320,10 +323,29 @@ def test_gain_over_the_initial_student_is_paired_by_seed(report):
     assert "sage" not in gains.index.get_level_values("group")  # no initial student evaluated: nothing to pair with
 
 
+def test_share_of_the_floor_to_teacher_gap_closed(report):
+    """opd valid_unseen: best floor floor:random at 1/16, teacher at 15/16; round 2 per seed [1/4, 1/4, 1/2, 1/2]."""
+    gaps = table(report, "Share of the floor-to-teacher gap closed")
+    row = gaps.loc[("opd", "mini · valid_unseen", "round 2")]
+    assert row["best floor"] == "floor:random 6.2%" and row["teacher"] == "93.8%"
+    shares = [(value - 1 / 16) / (14 / 16) for value in (0.25, 0.25, 0.5, 0.5)]
+    mean = sum(shares) / 4
+    half = T3 * math.sqrt(sum((x - mean) ** 2 for x in shares) / 3) / 2
+    assert row["share of the gap closed (95% CI, t over seeds)"] == f"{mean:.2f} ± {half:.2f}" == "0.36 ± 0.26"
+    # the initial student [1/4, 0, 1/4, 0]: seeds at 0 sit below the floor, negative shares
+    assert gaps.loc[("opd", "mini · valid_unseen", "initial student")].iloc[2] == "0.07 ± 0.26"
+    assert "sage" not in gaps.index.get_level_values("group")  # no floor evaluated there: no gap to measure
+    success = table(report, "Success per round, mean over seeds")
+    opd = success[("opd", "mini · valid_unseen", "n=4 episodes per seed")]
+    assert opd["floor:random"] == "6.2% ± 19.9 (4 seeds)" and opd["floor:last"] == "0.0% ± 0.0 (4 seeds)"
+    assert "floor:first" not in success.index  # a floor no run evaluated gets no row
+
+
 def test_headline_figures_and_page_of_a_seeded_report(report):
     assert [t.title for t in report.headline] == [
         "Success per round, mean over seeds (95% CI, t over seeds)",
         "Gain over the initial student, mean over seeds",
+        "Share of the floor-to-teacher gap closed, mean over seeds",
         "Difference to opd, mean over seeds",
     ]
     figures = {figure.path.name: figure for figure in report.figures}

@@ -239,6 +239,20 @@ def test_a_sweep_runs_only_the_missing_rounds_then_the_teacher_once_per_run(grid
     assert all(rounds_of(runs_dir, name) == [1, 2, 3] for name in NAMES)
 
 
+def test_floors_are_evaluated_once_per_run_after_the_teacher(tmp_path):
+    """`--floors`: each run evaluates the four floors of its seed once, after its rounds and the teacher."""
+    runs_dir = tmp_path / "runs"
+    plan = plan_sweep([OPD], "0", rounds=1, jobs=1, overrides=[f"runs_dir={runs_dir}"], threads=1, floors=True)
+    assert plan.references == ("teacher", "floor:random", "floor:first", "floor:last", "floor:rule")
+    evaluated = []
+    children = FakeChildren(
+        runs_dir, on_call=lambda child: evaluated.append(child.argv[-3]) if child.command == "eval" else None
+    )
+    run_sweep(plan, children)
+    assert children.calls == [("opd-s0", "round", 1)] + [("opd-s0", "eval", 1)] * 5
+    assert evaluated == list(plan.references)
+
+
 def test_a_failing_run_is_reported_and_the_others_go_on(grid):
     children = FakeChildren(grid.runs_dir, fail={("sage-s0", 2): "error: the disk is full"})
     lines: list[str] = []

@@ -10,7 +10,7 @@ target object class, parent receptacle class) + objects placed by an RNG seeded 
 Its walkthrough comes from the Fast Downward planner inside textworld; the game is then replayed in the
 engine exactly as the project's env loads it and must win at its last step only, or generation fails.
 Running it twice gives byte-identical files. The mini benchmark (`pipeline/envs/benchmark.py`) builds
-its 372 games with the same functions, over generated rooms instead of the hand-written `SCENES`.
+its 612 games with the same functions, over generated rooms instead of the hand-written `SCENES`.
 
     python -m pipeline.envs.minigen --out data/alfworld-mini
 """

@@ -17,16 +17,14 @@ state a student reaches (DAgger), and its labels are ones a model can learn to p
   in place), open that receptacle if closed and it could hold one, else go to the next receptacle,
   in the order of the `go to` list, that can hold the object (ALFRED's receptacle table).
 Sweeping the receptacles in a fixed cyclic order needs no memory and finds the object in one sweep.
-"Next" is by name after the receptacle the agent stands at, wrapping around: with the environment's
-`go_to_order: from_here` it is the first suitable `go to` of the list on screen.
+"Next" is by name after the receptacle the agent stands at, wrapping around: in the engine's list (sorted by
+name, the one it stands at left out) it is the first suitable `go to` after that gap.
 
 The `sweep` variant (`every=True`) searches every receptacle but the task's parent class, and opens
 every closed one it searches, instead of only those ALFRED's table lets hold the object. Its walks are
 longer (mean 11.1 steps against 8.9 on the mini benchmark's training games), and its search needs no
-table: its `go to` is the next receptacle of the tour that is not of the parent class (the first such
-on screen with `from_here`, the last with `next_last`). It
-separates the two things a model must learn, the table and copying a name from the list; on the mini
-benchmark the tiny teacher fails at the copying either way (docs/mini-benchmark-history.md).
+table. Either is the ceiling of the benchmark tables (`eval --policy expert:search|sweep`): it wins what
+a policy that reads the prompt well could win.
 """
 
 from __future__ import annotations

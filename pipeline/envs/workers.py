@@ -38,7 +38,7 @@ def _start_ignoring_sigint(process: mp.process.BaseProcess) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _worker_main(conn: Connection, alfworld_data: str, expert: str | None, go_to_order: str) -> None:
+def _worker_main(conn: Connection, alfworld_data: str, expert: str | None) -> None:
     """Serve (op, slot, arg) requests until told to stop: op is `reset` (arg = game file) or `step`."""
     os.environ["ALFWORLD_DATA"] = alfworld_data
     games: dict[int, AlfWorldGame] = {}
@@ -53,7 +53,7 @@ def _worker_main(conn: Connection, alfworld_data: str, expert: str | None, go_to
             if op == "reset":
                 if slot in games:
                     games.pop(slot).close()
-                games[slot] = AlfWorldGame(arg, expert, go_to_order)
+                games[slot] = AlfWorldGame(arg, expert)
                 result: EnvResult = games[slot].reset()
             else:
                 result = games[slot].step(arg)
@@ -69,16 +69,13 @@ class EnvPool:
 
     Usage: `submit_reset` / `submit_step` for any slots, then `collect()` waits for every submitted
     request and returns {slot: EnvStep | EnvFailure}. Time spent waiting is added to `wait_seconds`.
-    With `expert` set every EnvStep carries that expert's next command; `go_to_order` is how the games
-    list their `go to` actions (both: see `AlfWorldGame`).
+    With `expert` set every EnvStep carries that expert's next command (see `AlfWorldGame`).
     """
 
-    def __init__(
-        self, num_workers: int, alfworld_data: str, expert: str | None = None, go_to_order: str = "sorted"
-    ) -> None:
+    def __init__(self, num_workers: int, alfworld_data: str, expert: str | None = None) -> None:
         self._ctx = mp.get_context("spawn")
         self._alfworld_data = alfworld_data
-        self._game_options = (expert, go_to_order)
+        self._expert = expert
         self._workers: list[tuple[mp.process.BaseProcess, Connection]] = [
             self._start_worker() for _ in range(num_workers)
         ]
@@ -88,9 +85,7 @@ class EnvPool:
 
     def _start_worker(self) -> tuple[mp.process.BaseProcess, Connection]:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(
-            target=_worker_main, args=(child, self._alfworld_data, *self._game_options), daemon=True
-        )
+        process = self._ctx.Process(target=_worker_main, args=(child, self._alfworld_data, self._expert), daemon=True)
         _start_ignoring_sigint(process)
         child.close()
         return process, parent

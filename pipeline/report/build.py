@@ -45,6 +45,7 @@ from pipeline.report.seed_tables import (
     difference_table,
     eval_set_notes,
     gain_table,
+    gap_table,
     group_actions_table,
     group_labels_table,
     group_response_table,
@@ -90,6 +91,7 @@ def write_report(
         headline = [group_success_table(cells, groups)]
         gains = gain_cells(metrics, groups)
         headline += [] if gains.empty else [gain_table(gains, cells, groups)]
+        headline += [table] if (table := gap_table(cells, groups)) is not None else []
         if base is not None:
             headline.append(difference_table(cells, groups, base))
         labels = label_cells(runs, groups)

@@ -15,7 +15,7 @@ row the data source and settings of the eval that played it, so that no number p
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from typing import Any
 import pandas as pd
 
 from pipeline.checkpoints import read_train_log
+from pipeline.config import POLICY_NAMES
+from pipeline.envs.listing import REMOVED_LISTINGS, REMOVED_REASON
 from pipeline.errors import UserError
 from pipeline.judges import LABELS
 from pipeline.play import EPISODES_DIR
@@ -32,7 +34,11 @@ from pipeline.schema import EVAL_SCHEMA
 from pipeline.shards import fingerprint, read_manifest, read_stage
 from pipeline.train import read_record
 
-REFERENCE_POLICIES = ("teacher", "expert")
+# The fixed policies a run may evaluate beside its students: teacher, experts (the searching ones are the
+# ceiling) and the zero-parameter floors. Teacher and expert always get a row; the others where evaluated.
+REFERENCE_POLICIES = tuple(name for name in POLICY_NAMES if name != "student")
+ALWAYS_SHOWN = ("teacher", "expert")
+FLOOR_ROWS = tuple(name for name in REFERENCE_POLICIES if name.startswith("floor:"))
 INITIAL_ROUND = 0  # the student before any training; `round` evaluates it inside round 1
 ANNOTATION_COLUMNS = ["episode_id", "turn", "label", "confidence", "teacher_logprobs"]
 RESPONSE_PROBABILITIES = ["teacher_prob", "sampler_prob"]  # what an annotation row brings instead of its log-probs
@@ -155,6 +161,12 @@ def _settings(layout: RunLayout, annotations: str) -> tuple[int | None, dict[str
     }
 
 
+def reference_rows(policies: Iterable[str]) -> list[str]:
+    """The reference rows of a table whose rows hold `policies`: teacher and expert always, the rest if there."""
+    present = set(policies)
+    return [name for name in REFERENCE_POLICIES if name in ALWAYS_SHOWN or name in present]
+
+
 def _manifest_config(directory: Path, stage: str) -> dict[str, Any] | None:
     """A stage folder's recorded config; None when there is none to trust (its rows' loading says why)."""
     if not directory.is_dir():
@@ -197,6 +209,9 @@ def _eval_rows(directory: Path, round_: int, policy: str, notes: list[str]) -> p
     if rows is None:
         return None
     config = read_manifest(directory / EPISODES_DIR, "eval")["config"]
+    listing = config.get("env", {}).get("go_to_order")  # the setting's name before issue #28
+    if listing in REMOVED_LISTINGS:
+        notes.append(f"{directory} was played under the removed listing {listing}: {REMOVED_REASON}")
     source = config.get("data", {}).get("source", "")
     play = _without(config.get("play", {}), ("policy",))
     protocol = fingerprint({**_without(config, (*PER_RUN, "policy", "data")), "play": play})

@@ -18,9 +18,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pipeline.atomic import atomic_path
+from pipeline.config import POLICY_NAMES
 
 LABEL_COLORS = {"skip": "#b0b0b0", "weak": "#f2a93b", "strong": "#d7301f"}
-REFERENCE_STYLES = {"teacher": "--", "expert": ":"}
+# Line styles of the reference policies' levels: the teacher dashed, the experts (ceilings) dotted, the floors
+# dash-dotted.
+REFERENCE_STYLES = {
+    "teacher": "--",
+    **{name: ":" for name in POLICY_NAMES if name.startswith("expert")},
+    **{name: "-." for name in POLICY_NAMES if name.startswith("floor:")},
+}
 DPI = 150
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline.envs.games import TASK_TYPES
 from pipeline.judges import LABELS
 from pipeline.report.groups import Group
-from pipeline.report.loading import INITIAL_ROUND, REFERENCE_POLICIES
+from pipeline.report.loading import FLOOR_ROWS, INITIAL_ROUND, REFERENCE_POLICIES, reference_rows
 from pipeline.report.metrics import ACTION_RATES, ALL_TASKS, split_order
 from pipeline.report.plotting import count_range
 from pipeline.report.seeds import MEASUREMENT, PROBABILITY_CELLS
@@ -76,7 +76,7 @@ def group_success_table(cells: pd.DataFrame, groups: Sequence[Group]) -> Table:
     """Rows: the initial student, every round, teacher, expert; a column per group and measurement."""
     pooled = cells[cells["task_type"] == ALL_TASKS]
     rounds = sorted({int(number) for number in pooled["round"].dropna() if number > INITIAL_ROUND})
-    rows = [row_label("student", number) for number in (INITIAL_ROUND, *rounds)] + list(REFERENCE_POLICIES)
+    rows = [row_label("student", number) for number in (INITIAL_ROUND, *rounds)] + reference_rows(pooled["row"])
     labels = measurement_labels(cells)
     frame = pd.DataFrame(index=rows)
     for group in groups:
@@ -111,6 +111,49 @@ def gain_table(gains: pd.DataFrame, cells: pd.DataFrame, groups: Sequence[Group]
         f"points; ± = half-width of the {PAIRED_KIND} of those differences (needs two seeds)."
     ]
     return Table("Gain over the initial student, mean over seeds", frame, notes)
+
+
+def gap_table(cells: pd.DataFrame, groups: Sequence[Group]) -> Table | None:
+    """The share of the floor-to-teacher gap each student row closes: (student − best floor) / (teacher − best
+    floor), per seed, on every measurement where the group evaluated the teacher and at least one floor.
+
+    Why: a rate alone hides how much of it a policy that learned nothing would reach on the same games; this
+    puts the student between the two references (0 = the best floor, 1 = the teacher). None when no group
+    has both references anywhere.
+    """
+    pooled = cells[cells["task_type"] == ALL_TASKS]
+    labels = measurement_labels(cells)
+    records, index = [], []
+    for group in groups:
+        for key, same in _ordered(pooled[pooled["group"] == group.name]).groupby(MEASUREMENT, sort=False):
+            by_row = same.set_index("row")
+            floors = {row: mean_interval(by_row.loc[row, "success"]).mean for row in by_row.index if row in FLOOR_ROWS}
+            if "teacher" not in by_row.index or not floors:
+                continue
+            best = max(floors, key=floors.__getitem__)
+            teacher = mean_interval(by_row.loc["teacher", "success"]).mean
+            gap = teacher - floors[best]
+            for _, cell in same[same["policy"] == "student"].iterrows():
+                shares = [(value - floors[best]) / gap for value in cell["success"]] if gap > 0 else []
+                share = _share(mean_interval(shares)) if gap > 0 else "teacher not above the best floor"
+                index.append((group.name, labels[(group.name, *key)], cell["row"]))
+                records.append([f"{best} {pct(floors[best])}", pct(teacher), share, f"{len(cell['success'])} seeds"])
+    if not records:
+        return None
+    columns = ["best floor", "teacher", f"share of the gap closed ({CI_KIND})", "seeds"]
+    frame = _frame(records, index, ["group", "split", "row"], columns)
+    notes = [
+        "Per seed, (student − best floor) / (teacher − best floor): 0 = what the best zero-parameter policy wins, "
+        "1 = the teacher; the best floor and the teacher are the group's means over seeds on the same games (their "
+        "own spread is not in the interval)."
+    ]
+    return Table("Share of the floor-to-teacher gap closed, mean over seeds", frame, notes)
+
+
+def _share(estimate: Estimate) -> str:
+    if not estimate.has_interval:
+        return f"{estimate.mean:.2f} (one seed: no interval)"
+    return f"{estimate.mean:.2f} ± {estimate.half:.2f}"
 
 
 def group_task_type_table(cells: pd.DataFrame, groups: Sequence[Group]) -> Table:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.envs.games import TASK_TYPES
 from pipeline.judges import LABELS
-from pipeline.report.loading import INITIAL_ROUND, REFERENCE_POLICIES, RunData
+from pipeline.report.loading import INITIAL_ROUND, REFERENCE_POLICIES, RunData, reference_rows
 from pipeline.report.metrics import ALL_TASKS, split_order
 
 MISSING = "—"
@@ -92,8 +92,8 @@ def success_grid(metrics: pd.DataFrame, runs: Sequence[RunData]) -> tuple[pd.Dat
     nothing was evaluated.
     """
     rounds = sorted({number for run in runs for number in run.rounds})
-    rows = [row_label("student", number) for number in (INITIAL_ROUND, *rounds)] + list(REFERENCE_POLICIES)
     pooled = metrics[metrics["task_type"] == ALL_TASKS]
+    rows = [row_label("student", number) for number in (INITIAL_ROUND, *rounds)] + reference_rows(pooled["policy"])
     order = {split: index for index, split in enumerate(split_order(pooled["split"]))}
     pooled = pooled.assign(
         row=[row_label(policy, number) for policy, number in zip(pooled["policy"], pooled["round"], strict=True)],

@@ -17,15 +17,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from pipeline.envs.actions import parse_action
+from pipeline.envs.actions import command_verb, parse_action
 
 ALL = "all"
 
 
 def action_verb(tokenizer, response_ids: list[int]) -> str:
     """The first word of the action a response names ("go" for `<action>go to desk 1</action>`)."""
-    action = parse_action(tokenizer.decode(response_ids, skip_special_tokens=True)).action
-    return action.split(" ", 1)[0] if action else ""
+    return command_verb(parse_action(tokenizer.decode(response_ids, skip_special_tokens=True)).action)
 
 
 def greedy_matches(

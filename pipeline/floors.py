@@ -22,14 +22,10 @@ from collections.abc import Sequence
 
 from pipeline.backends.hf import Generation
 from pipeline.config import FLOORS
+from pipeline.envs.actions import command_verb
 from pipeline.policies import TurnRequest, answer
 
 TRANSFORMS = ("clean", "heat", "cool")
-
-
-def verb(command: str) -> str:
-    """The command's first word ("take" in "take apple 1 from fridge 1")."""
-    return command.split(" ", 1)[0]
 
 
 def task_blind_rule(observation: str, admissible: Sequence[str], rng: random.Random) -> str:
@@ -48,7 +44,7 @@ def task_blind_rule(observation: str, admissible: Sequence[str], rng: random.Ran
     """
     by_verb: dict[str, list[str]] = {}
     for command in admissible:
-        by_verb.setdefault(verb(command), []).append(command)
+        by_verb.setdefault(command_verb(command), []).append(command)
     opening = " ".join(observation.split()[:2])
     holding = "move" in by_verb
     if "use" in by_verb:

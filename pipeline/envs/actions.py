@@ -46,3 +46,8 @@ def parse_action(response: str, think: bool = False) -> ParsedAction:
         thought = THINK_TAG.search(response)
         format_ok = format_ok and thought is not None and thought.end() <= response.lower().find("<action>")
     return ParsedAction(action, format_ok)
+
+
+def command_verb(command: str) -> str:
+    """The command's first word ("take" in "take apple 1 from fridge 1"; "" for no command)."""
+    return command.split(" ", 1)[0]

@@ -96,6 +96,11 @@ class EnvConfig:
         "(pipeline/envs/listing.py).",
         default="sorted",
     )
+    memory: bool = _help(
+        "Add the memory line to every prompt: the places this episode has visited, with what it found there, read "
+        "from its own observations only (pipeline/envs/memory.py). The searching experts then search by it too.",
+        default=False,
+    )
     num_workers: int = _help("Environment worker processes; resets and steps run in them, in parallel.", default=2)
 
     def __post_init__(self) -> None:

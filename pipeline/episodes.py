@@ -18,6 +18,7 @@ from pipeline.envs.actions import NOTHING_HAPPENS, UNFINISHED, parse_action
 from pipeline.envs.alfworld_env import EnvFailure, EnvStep
 from pipeline.envs.games import Game
 from pipeline.envs.listing import list_actions
+from pipeline.envs.memory import recall
 from pipeline.envs.prompts import PromptRenderer, TurnView
 from pipeline.envs.workers import EnvPool
 from pipeline.policies import Policy, TurnRequest
@@ -57,9 +58,12 @@ class Episode:
             prompt_ids, self.spec.game, len(self.turns), tuple(self.admissible), self.expert_action, self.observation
         )
 
-    def view(self, history: int, max_steps: int) -> TurnView:
+    def view(self, history: int, max_steps: int, memory: bool = False) -> TurnView:
         recent = [(t["observation"], t["action"]) for t in self.turns[-history:]] if history else []
-        return TurnView(self.task, len(self.turns), max_steps, tuple(recent), self.observation, tuple(self.admissible))
+        line = recall([*(t["observation"] for t in self.turns), self.observation]).render() if memory else None
+        return TurnView(
+            self.task, len(self.turns), max_steps, tuple(recent), self.observation, tuple(self.admissible), line
+        )
 
 
 @dataclass
@@ -86,6 +90,7 @@ class EpisodeRunner:
         history: int,
         think: bool,
         listing: str = "sorted",
+        memory: bool = False,
     ) -> None:
         self.policy = policy
         self.renderer = renderer
@@ -95,6 +100,7 @@ class EpisodeRunner:
         self.history = history
         self.think = think
         self.listing = listing
+        self.memory = memory
         self.timings = PlayTimings()
 
     def play(
@@ -145,7 +151,10 @@ class EpisodeRunner:
 
     def _act(self, active: dict[int, Episode], seed: int) -> dict[int, str]:
         """One batched policy call; the parsed turn waits in `ep.turns` for the env's feedback."""
-        rendered = {slot: self.renderer.render(ep.view(self.history, self.max_steps)) for slot, ep in active.items()}
+        rendered = {
+            slot: self.renderer.render(ep.view(self.history, self.max_steps, self.memory))
+            for slot, ep in active.items()
+        }
         requests = [active[slot].request(ids) for slot, (_, ids) in rendered.items()]
         tick = time.perf_counter()
         responses = self.policy.act(requests, seed)
@@ -211,6 +220,7 @@ def play_games(
     seed: int = 0,
     expert: str | None = None,
     listing: str = "sorted",
+    memory: bool = False,
     on_finished: Callable[[Episode], None] | None = None,
 ) -> list[Episode]:
     """Play a list of episodes with a fresh worker pool (prepare's corpus, DAgger plays and checks).
@@ -218,9 +228,10 @@ def play_games(
     At most PLAY_BATCH episodes are under way at once: each live game holds its engine state in a worker
     (1,008 at once grew each of two workers to 1.4 GB in prepare's DAgger play on the benchmark).
     `expert` runs that expert in the environments, for policies that need its action (`NoisyExpertPolicy`);
-    `listing` is how prompts list the admissible actions (`pipeline.envs.listing`).
+    `listing` is how prompts list the admissible actions (`pipeline.envs.listing`); `memory` adds the memory line
+    to prompts, and the expert reads it too.
     """
-    with EnvPool(num_workers, data_root, expert=expert) as pool:
+    with EnvPool(num_workers, data_root, expert=expert, memory=memory) as pool:
         batch_size = min(len(specs), PLAY_BATCH)
         runner = EpisodeRunner(
             policy,
@@ -231,5 +242,6 @@ def play_games(
             history=history,
             think=think,
             listing=listing,
+            memory=memory,
         )
         return runner.play(specs, seed=seed, on_finished=on_finished)

@@ -199,7 +199,9 @@ def _run_play(
         if todo:
             base = {"run": config.run, "round": round_, "policy": policy.label}
             try:
-                pool = EnvPool(config.env.num_workers, str(data_root.resolve()), expert=policy.env_expert)
+                pool = EnvPool(
+                    config.env.num_workers, str(data_root.resolve()), expert=policy.env_expert, memory=config.env.memory
+                )
                 with pool, stage_backend(config):
                     runner = _build_runner(config, policy, temperature, pool)
                     if progress is not None:
@@ -288,4 +290,5 @@ def _build_runner(config: Config, policy: ResolvedPolicy, temperature: float, po
         history=config.env.history,
         think=config.env.think,
         listing=config.env.listing,
+        memory=config.env.memory,
     )

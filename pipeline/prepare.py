@@ -88,8 +88,9 @@ def download_alfworld(dest: Path) -> Path:
     return dest
 
 
-def expert_corpus(tokenizer, data_root: Path, splits: list[str], num_workers: int) -> list[str]:
-    """The prompt and response text of expert episodes on every game of `splits`, rendered by `tokenizer`."""
+def expert_corpus(tokenizer, data_root: Path, splits: list[str], num_workers: int, memory: bool) -> list[str]:
+    """The prompt and response text of expert episodes on every game of `splits`, rendered by `tokenizer`
+    (with the memory line when `memory`, as the models' prompts will have it)."""
     games = [game for split in splits for game in discover_games(data_root, split)]
     episodes = play_games(
         ExpertPolicy(tokenizer, think=False),
@@ -100,6 +101,7 @@ def expert_corpus(tokenizer, data_root: Path, splits: list[str], num_workers: in
         max_steps=50,
         history=2,
         think=False,
+        memory=memory,
     )
     return [t["prompt_text"] + t["response_text"] for ep in episodes for t in ep.turns]
 
@@ -110,7 +112,9 @@ def build_tokenizer(config: Config):
     provisional = train_tokenizer([SYSTEM_WITH_THINKING, SYSTEM_ACTION_ONLY], vocab_size=300)
     reasoning_text = [SYSTEM_WITH_THINKING, format_response("look", reasoning="")]
     data_root = resolve_data_root(config.data.source, config.data.path)
-    corpus = expert_corpus(provisional, data_root, config.prepare.tokenizer_splits, config.env.num_workers)
+    corpus = expert_corpus(
+        provisional, data_root, config.prepare.tokenizer_splits, config.env.num_workers, config.env.memory
+    )
     return train_tokenizer(corpus + reasoning_text, vocab_size=TOKENIZER_VOCAB)
 
 

@@ -74,6 +74,7 @@ def play(
         seed=config.seed,
         expert=expert,
         listing=config.env.listing,
+        memory=config.env.memory,
         on_finished=progress,
     )
 
@@ -177,7 +178,13 @@ def sft_in_place(
 def prompt_settings(config: Config) -> dict[str, Any]:
     """The settings that shape the prompts a warm start learns from (and any later prompt must match)."""
     env = config.env
-    return {"history": env.history, "max_steps": env.max_steps, "think": env.think, "listing": env.listing}
+    return {
+        "history": env.history,
+        "max_steps": env.max_steps,
+        "think": env.think,
+        "listing": env.listing,
+        "memory": env.memory,
+    }
 
 
 def recipe_settings(config: Config, name: str) -> dict[str, Any]:
@@ -207,9 +214,10 @@ def recipe_settings(config: Config, name: str) -> dict[str, Any]:
 
 
 def _learned_prompt(recorded: dict[str, Any]) -> dict[str, Any]:
-    """A record's prompt settings under today's names: `go_to_order` (removed in #28) was the listing."""
+    """A record's prompt settings under today's names: `go_to_order` (removed in #28) was the listing; records
+    from before the memory line existed were made without it."""
     learned = {key: value for key, value in recorded.items() if key != "go_to_order"}
-    return {"listing": recorded.get("go_to_order", "sorted"), **learned}
+    return {"listing": recorded.get("go_to_order", "sorted"), "memory": False, **learned}
 
 
 def _refuse_another_warm_start(config: Config, name: str, model: str, record: dict[str, Any] | None) -> None:

@@ -1,5 +1,7 @@
 """Action parsing flags and the prompt text the agent reads."""
 
+import dataclasses
+
 import pytest
 
 from pipeline.envs.actions import parse_action
@@ -52,6 +54,15 @@ def test_user_message_shows_task_step_history_observation_and_actions():
         "Admissible actions: go to desk 1, inventory, look.\n"
         "Which action do you take?"
     )
+
+
+def test_the_memory_line_sits_before_what_the_agent_sees_now():
+    view = dataclasses.replace(VIEW, history=(), memory="shelf 1: nothing; drawer 1: closed")
+    assert render_user_message(view).splitlines()[2:4] == [
+        "Places you have been, with what you found there: shelf 1: nothing; drawer 1: closed.",
+        "What you see now: You pick up the mug 1 from the shelf 1.",
+    ]
+    assert "Places you have been" not in render_user_message(VIEW)  # off unless env.memory is on
 
 
 def test_first_turn_has_no_history_block():

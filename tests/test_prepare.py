@@ -131,16 +131,18 @@ def test_warm_starts_train_each_model_once_and_record_it(tiny_models, make_confi
     assert (models["teacher"] / "model.safetensors").stat().st_mtime_ns == stamp
     assert (models["teacher"] / SFT_RECORD).is_file()
     prompt = {"history": config.env.history, "max_steps": config.env.max_steps, "think": False}
-    assert teacher["prompt"] == {**prompt, "listing": "sorted"}
+    assert teacher["prompt"] == {**prompt, "listing": "sorted", "memory": False}
     other_prompts = make_config(*config_overrides, f"env.history={config.env.history + 1}")
     with pytest.raises(UserError, match=rf"warm-started with env.history={config.env.history}, not"):
         warm_start_models(other_prompts)  # kept silently, it would play prompts it never saw
     with pytest.raises(UserError, match=r"warm-started with env.listing=sorted, not"):
         warm_start_models(make_config(*config_overrides, "env.listing=shuffled"))
+    with pytest.raises(UserError, match=r"warm-started with env.memory=False, not"):
+        warm_start_models(make_config(*config_overrides, "env.memory=true"))
     records_before = {name: (models[name] / SFT_RECORD).read_text() for name in ("teacher", "student")}
     for record_path in (models[name] / SFT_RECORD for name in ("teacher", "student")):  # as written before listings
         record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "prompt": prompt}))
-    assert warm_start_models(config)["teacher"]["prompt"] == prompt  # taken as the sorted order it was made with
+    assert warm_start_models(config)["teacher"]["prompt"] == prompt  # taken as sorted, no memory: all there was
     with pytest.raises(UserError, match=r"warm-started with env.listing=sorted, not"):
         warm_start_models(make_config(*config_overrides, "env.listing=shuffled"))
     for record_path in (models[name] / SFT_RECORD for name in ("teacher", "student")):  # a removed listing (#28)

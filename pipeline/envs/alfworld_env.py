@@ -7,7 +7,8 @@ useless to an agent, so it never reaches a prompt.
 With `expert=` set, every reset and step also names an expert action from *any* state, not only from the
 states of the stored walkthrough, which is what a DAgger-style expert needs: `planner` runs the Fast
 Downward planner (textworld's `policy_commands`, ~50 ms a step on the mini games; it knows where every
-object is), `search` asks the memoryless searcher of `search_expert` (it acts on what the agent can know).
+object is), `search` asks the searcher of `search_expert` (it acts on what the agent can know). With
+`memory=True` the searcher also reads the episode's own observations as the prompt's memory line does.
 
 The admissible actions come back in the engine's order (by name); how a prompt lists them is the
 episode's business (`pipeline.envs.listing`), so no game ever reorders them by what the task needs.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from pipeline.config import DAGGER_EXPERTS as EXPERTS
 from pipeline.config import SEARCHING_EXPERTS as SEARCHERS
+from pipeline.envs.memory import Memory
 from pipeline.envs.search_expert import SearchTask, WorldState, search_action
 
 BANNER = "-= Welcome to TextWorld, ALFRED! =-"
@@ -56,7 +58,7 @@ def split_task(text: str) -> tuple[str, str]:
 class AlfWorldGame:
     """A single game in the real engine. Not thread-safe; lives inside one worker process."""
 
-    def __init__(self, gamefile: str, expert: str | None = None) -> None:
+    def __init__(self, gamefile: str, expert: str | None = None, memory: bool = False) -> None:
         import textworld
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
@@ -72,10 +74,12 @@ class AlfWorldGame:
         self._env = textworld.start(gamefile, request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
         self._expert = expert
         self._task = SearchTask.of_game(gamefile) if expert in SEARCHERS else None
+        self._memory = Memory() if memory and expert in SEARCHERS else None
 
     def reset(self) -> EnvStep:
         state = self._env.reset()
         observation, task = split_task(state["feedback"])
+        self._remember(observation)
         expert_action = self._next_command(state)
         return EnvStep(observation, self._admissible(state), bool(state["won"]), False, task, expert_action)
 
@@ -83,6 +87,7 @@ class AlfWorldGame:
         state, _score, done = self._env.step(action)
         won = bool(state["won"])
         feedback, admissible = state["feedback"].strip(), self._admissible(state)
+        self._remember(feedback)
         return EnvStep(feedback, admissible, won, bool(done) or won, expert_action=self._next_command(state))
 
     def _next_command(self, state) -> str | None:
@@ -90,9 +95,15 @@ class AlfWorldGame:
         if self._expert is None or state["won"]:
             return None
         if self._expert in SEARCHERS:
-            return search_action(self._task, WorldState(state["facts"]), every=self._expert == "sweep")
+            every = self._expert == "sweep"
+            return search_action(self._task, WorldState(state["facts"]), every=every, memory=self._memory)
         commands = state["policy_commands"]
         return commands[0] if commands else None
+
+    def _remember(self, observation: str) -> None:
+        """Keep the searcher's memory as the episode's prompts build theirs: from the same observations."""
+        if self._memory is not None:
+            self._memory.read(observation)
 
     def close(self) -> None:
         self._env.close()

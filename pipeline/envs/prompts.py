@@ -1,7 +1,8 @@
 """The agent's prompt: our own wording, rendered through the model's chat template.
 
 Each turn is its own training sample, so a prompt must stand alone: the task, where the agent is in
-the episode, its last few (observation, action) pairs, what it sees now and the actions it may take.
+the episode, its last few (observation, action) pairs, optionally the memory line (the places it has
+visited and what it found there, pipeline/envs/memory.py), what it sees now and the actions it may take.
 The response format is fixed (`<think>…</think>` optional, then `<action>…</action>`) so the action
 can be parsed back out; `format_response` writes a response in that same format for the expert.
 """
@@ -33,6 +34,7 @@ class TurnView:
     history: tuple[tuple[str, str], ...]  # (observation, action) pairs, oldest first
     observation: str
     admissible: tuple[str, ...]
+    memory: str | None = None  # the memory line (pipeline/envs/memory.py), when `env.memory` is on
 
 
 TASK_LINE = re.compile(r"^Your task: (.*)\.$", re.MULTILINE)
@@ -45,6 +47,8 @@ def render_user_message(view: TurnView) -> str:
         first = view.turn - len(view.history)
         for offset, (observation, action) in enumerate(view.history):
             lines.append(f'- step {first + offset + 1}: you saw "{observation}" and did "{action}".')
+    if view.memory is not None:
+        lines.append(f"Places you have been, with what you found there: {view.memory}.")
     lines.append(f"What you see now: {view.observation}")
     lines.append("Admissible actions: " + ", ".join(view.admissible) + ".")
     lines.append("Which action do you take?")

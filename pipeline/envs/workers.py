@@ -38,7 +38,7 @@ def _start_ignoring_sigint(process: mp.process.BaseProcess) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _worker_main(conn: Connection, alfworld_data: str, expert: str | None) -> None:
+def _worker_main(conn: Connection, alfworld_data: str, expert: str | None, memory: bool) -> None:
     """Serve (op, slot, arg) requests until told to stop: op is `reset` (arg = game file) or `step`."""
     os.environ["ALFWORLD_DATA"] = alfworld_data
     games: dict[int, AlfWorldGame] = {}
@@ -53,7 +53,7 @@ def _worker_main(conn: Connection, alfworld_data: str, expert: str | None) -> No
             if op == "reset":
                 if slot in games:
                     games.pop(slot).close()
-                games[slot] = AlfWorldGame(arg, expert)
+                games[slot] = AlfWorldGame(arg, expert, memory)
                 result: EnvResult = games[slot].reset()
             else:
                 result = games[slot].step(arg)
@@ -69,13 +69,15 @@ class EnvPool:
 
     Usage: `submit_reset` / `submit_step` for any slots, then `collect()` waits for every submitted
     request and returns {slot: EnvStep | EnvFailure}. Time spent waiting is added to `wait_seconds`.
-    With `expert` set every EnvStep carries that expert's next command (see `AlfWorldGame`).
+    With `expert` set every EnvStep carries that expert's next command (see `AlfWorldGame`); `memory` makes a
+    searching expert read the episode's memory line, as prompts show it when `env.memory` is on.
     """
 
-    def __init__(self, num_workers: int, alfworld_data: str, expert: str | None = None) -> None:
+    def __init__(self, num_workers: int, alfworld_data: str, expert: str | None = None, memory: bool = False) -> None:
         self._ctx = mp.get_context("spawn")
         self._alfworld_data = alfworld_data
         self._expert = expert
+        self._memory = memory
         self._workers: list[tuple[mp.process.BaseProcess, Connection]] = [
             self._start_worker() for _ in range(num_workers)
         ]
@@ -85,7 +87,9 @@ class EnvPool:
 
     def _start_worker(self) -> tuple[mp.process.BaseProcess, Connection]:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self._alfworld_data, self._expert), daemon=True)
+        process = self._ctx.Process(
+            target=_worker_main, args=(child, self._alfworld_data, self._expert, self._memory), daemon=True
+        )
         _start_ignoring_sigint(process)
         child.close()
         return process, parent

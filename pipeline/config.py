@@ -38,6 +38,9 @@ POLICY_NAMES = (
     *(f"expert:{name}" for name in SEARCHING_EXPERTS),
     *(f"floor:{name}" for name in FLOORS),
 )
+# Games a worker process starts before its lane moves to a fresh one: each keeps 34 MB of disk mapped until the
+# process exits (pipeline/envs/workers.py, EnvPool), so 14 keep a worker under 0.5 GB.
+GAMES_PER_WORKER = 14
 # Settings that no longer exist, with what to do instead: a config naming one gets this line, not "unknown key".
 REMOVED_KEYS = {"env.go_to_order": f"env.go_to_order {REMOVED_WHY}"}
 
@@ -102,11 +105,21 @@ class EnvConfig:
         default=False,
     )
     num_workers: int = _help("Environment worker processes; resets and steps run in them, in parallel.", default=2)
+    games_per_worker: int = _help(
+        "Games a worker process starts before a fresh one takes over its next games (0 = never): each game keeps 34 "
+        "MB of disk mapped until its process exits (pipeline/envs/workers.py), so 14 keep a worker under 0.5 GB. "
+        "No result depends on it.",
+        default=GAMES_PER_WORKER,
+    )
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, f"max_steps must be at least 1, not {self.max_steps}.")
         _check(self.history >= 0, f"history must be 0 or more, not {self.history}.")
         _check(self.num_workers >= 1, f"num_workers must be at least 1, not {self.num_workers}.")
+        _check(
+            self.games_per_worker >= 0,
+            f"games_per_worker must be 0 (never recycle) or more, not {self.games_per_worker}.",
+        )
         _check(self.listing not in REMOVED_LISTINGS, f"listing {self.listing} {REMOVED_WHY}.")
         _check(self.listing in LISTINGS, f"listing must be one of {', '.join(LISTINGS)}, not {self.listing!r}.")
 

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pipeline.config import GAMES_PER_WORKER
 from pipeline.envs.actions import NOTHING_HAPPENS, UNFINISHED, parse_action
 from pipeline.envs.alfworld_env import EnvFailure, EnvStep
 from pipeline.envs.games import Game
@@ -214,6 +215,7 @@ def play_games(
     data_root: str,
     *,
     num_workers: int,
+    games_per_worker: int = GAMES_PER_WORKER,
     max_steps: int,
     history: int,
     think: bool,
@@ -231,7 +233,7 @@ def play_games(
     `listing` is how prompts list the admissible actions (`pipeline.envs.listing`); `memory` adds the memory line
     to prompts, and the expert reads it too.
     """
-    with EnvPool(num_workers, data_root, expert=expert, memory=memory) as pool:
+    with EnvPool(num_workers, data_root, expert=expert, memory=memory, games_per_worker=games_per_worker) as pool:
         batch_size = min(len(specs), PLAY_BATCH)
         runner = EpisodeRunner(
             policy,

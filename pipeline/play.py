@@ -200,7 +200,11 @@ def _run_play(
             base = {"run": config.run, "round": round_, "policy": policy.label}
             try:
                 pool = EnvPool(
-                    config.env.num_workers, str(data_root.resolve()), expert=policy.env_expert, memory=config.env.memory
+                    config.env.num_workers,
+                    str(data_root.resolve()),
+                    expert=policy.env_expert,
+                    memory=config.env.memory,
+                    games_per_worker=config.env.games_per_worker,
                 )
                 with pool, stage_backend(config):
                     runner = _build_runner(config, policy, temperature, pool)
@@ -247,6 +251,7 @@ def _work_config(
     """The settings that decide what a stage's rows contain (not how many workers made them)."""
     env = asdict(config.env)
     env.pop("num_workers")
+    env.pop("games_per_worker")
     sampling = asdict(config.sampling)
     for name in ("device", *ENGINE_SETTINGS):
         sampling.pop(name)

@@ -68,6 +68,7 @@ def play(
         specs,
         str(data_root),
         num_workers=config.env.num_workers,
+        games_per_worker=config.env.games_per_worker,
         max_steps=config.env.max_steps,
         history=config.env.history,
         think=config.env.think,

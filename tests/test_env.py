@@ -61,7 +61,7 @@ def test_a_dead_worker_fails_its_episodes_and_is_replaced():
     with EnvPool(1, str(MINI_DATA)) as pool:
         pool.submit_reset(0, str(good.path))
         pool.collect()
-        victim = pool._workers[0][0]
+        victim = pool._lanes[0].process
         os.kill(victim.pid, signal.SIGKILL)
         victim.join(timeout=10)
         pool.submit_step(0, "look")
@@ -69,6 +69,40 @@ def test_a_dead_worker_fails_its_episodes_and_is_replaced():
         assert isinstance(failure, EnvFailure) and "worker died" in failure.error
         pool.submit_reset(0, str(good.path))
         assert isinstance(pool.collect()[0], EnvStep)
+
+
+def planner_copies(pid: int) -> int:
+    """How many deleted copies of fast_downward's library process `pid` maps (one per game it started)."""
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as maps:
+        return len({line.split()[-2] for line in maps if "libdownward" in line and line.rstrip().endswith("(deleted)")})
+
+
+def test_recycled_workers_bound_the_planner_copies_and_change_no_result(tiny_models):
+    """48 episodes in one lane: unbounded, its process maps a copy per game it started; recycled every 8 games,
+    no process maps more than 8, and every turn is what the unbounded pool gave."""
+    tokenizer = load_tokenizer(tiny_models["student"])
+    games = [game for split in MINI_SPLITS for game in discover_games(MINI_DATA, split)]
+    specs = [EpisodeSpec(game, sample) for game in games for sample in range(2)]
+
+    def play(games_per_worker: int) -> tuple[list, int]:
+        most = [0]
+        with EnvPool(1, str(MINI_DATA), games_per_worker=games_per_worker) as pool:
+            runner = EpisodeRunner(
+                ExpertPolicy(tokenizer, think=False), PromptRenderer(tokenizer, think=False), pool,
+                batch_size=4, max_steps=50, history=2, think=False,
+            )  # fmt: skip
+
+            def sample(_episode) -> None:
+                most[0] = max(most[0], *map(planner_copies, pool.worker_pids()))
+
+            episodes = runner.play(specs, seed=0, on_finished=sample)
+        assert all(ep.won for ep in episodes)
+        return [(t["prompt_ids"], t["action"], t["feedback"]) for ep in episodes for t in ep.turns], most[0]
+
+    unbounded, leaked = play(0)
+    recycled, bounded = play(8)
+    assert len(specs) == 48 and leaked >= 40  # the leak: a copy for every game the process started
+    assert bounded <= 8 and recycled == unbounded
 
 
 def play_expert(games, tokenizer, data_root, max_steps=50, listing="sorted"):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.atomic import atomic_dir, write_text
+from pipeline.config import GAMES_PER_WORKER
 from pipeline.envs.games import BENCH_DATA, TASK_TYPES
 from pipeline.errors import UserError
 
@@ -56,6 +57,7 @@ SPLIT_ROOMS = {
 NEW_SPECS_VERSUS = {"valid_seen": ("train",), "test_seen": ("train", "valid_seen")}
 NEW_PAIRINGS_VERSUS = {"test_unseen": ("train",)}
 ROOM_BASE = {"Kitchen": 1, "LivingRoom": 201, "Bedroom": 301, "Bathroom": 401}
+LOADS_PER_GAME = 2  # engine loads to make a game: the planner's walkthrough, then its replay
 
 # Per room type: receptacles every room has (the devices its tasks need, a lamp host), then optional
 # ones with the most copies a room may hold. Only classes ALFRED lets hold some object.
@@ -335,14 +337,22 @@ def generate_benchmark(out: Path, jobs: int = 1, progress=None, expected: dict[s
     With `expected` fingerprints, a set whose files differ from them is not kept (a UserError says so).
 
     Games are independent, so `jobs` processes generate them in parallel; each file depends only on its
-    spec, so the result is byte-identical whatever `jobs` is.
+    spec, so the result is byte-identical whatever `jobs` is. Each engine load keeps 34 MB of disk mapped until
+    its process exits (pipeline/envs/workers.py), so a process makes a bounded number of games, then a fresh one
+    takes over.
     """
     work = [(split, trial, spec) for split, games in bench_specs().items() for trial, spec in games]
     if progress is not None:
         progress.begin(len(work))
     with atomic_dir(Path(out)) as tmp:
         context = mp.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(str(tmp),)) as pool:
+        with ProcessPoolExecutor(
+            jobs,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(str(tmp),),
+            max_tasks_per_child=GAMES_PER_WORKER // LOADS_PER_GAME,
+        ) as pool:
             for future in [pool.submit(_generate_one, split, trial, spec, tmp) for split, trial, spec in work]:
                 future.result()
                 if progress is not None:

@@ -131,7 +131,7 @@ def search_action(task: SearchTask, state: WorldState, every: bool = False, memo
     if memory is None:
         return f"go to {_next_after(here, candidates)}"
     elsewhere = [r for r in seen_there if r != here]
-    return f"go to {(elsewhere or [_first_unseen(here, candidates, memory)])[0]}"
+    return f"go to {(elsewhere or [_first_unsearched(here, candidates, memory)])[0]}"
 
 
 def _next_after(here: str | None, names: list[str]) -> str:
@@ -140,7 +140,7 @@ def _next_after(here: str | None, names: list[str]) -> str:
     return (later or names)[0]
 
 
-def _first_unseen(here: str | None, names: list[str], memory: Memory) -> str:
+def _first_unsearched(here: str | None, names: list[str], memory: Memory) -> str:
     """The first of `names` (sorted) the episode has not searched; once all were, the memoryless sweep's step."""
     unseen = [name for name in names if name not in memory.searched]
     return unseen[0] if unseen else _next_after(here, names)
@@ -159,7 +159,7 @@ def _deliver(task: SearchTask, state: WorldState, held: str, every: bool, memory
         if memory is None:
             return f"go to {_next_after(here, hosts)}"
         seen_there = [r for r in memory.places_holding(task.parent) if r != here]
-        return f"go to {(seen_there or [_first_unseen(here, hosts, memory)])[0]}"
+        return f"go to {(seen_there or [_first_unsearched(here, hosts, memory)])[0]}"
     if task.task_type in TRANSFORM_VERBS:
         verb, device_kind, done = TRANSFORM_VERBS[task.task_type]
         if held not in state.unary(done):

@@ -19,7 +19,7 @@ from pipeline.envs.actions import NOTHING_HAPPENS, UNFINISHED, parse_action
 from pipeline.envs.alfworld_env import EnvFailure, EnvStep
 from pipeline.envs.games import Game
 from pipeline.envs.listing import list_actions
-from pipeline.envs.memory import recall
+from pipeline.envs.memory import Memory, recall
 from pipeline.envs.prompts import PromptRenderer, TurnView
 from pipeline.envs.workers import EnvPool
 from pipeline.policies import Policy, TurnRequest
@@ -49,6 +49,7 @@ class Episode:
     expert_action: str | None = None  # only when the pool runs an expert (EnvPool(expert=...))
     turns: list[dict] = field(default_factory=list)
     seen: set[tuple[str, str]] = field(default_factory=set)
+    memory: Memory | None = None  # what the memory line shows, kept up to date when `env.memory` is on
     won: bool = False
     finished: bool = False
     error: str | None = None
@@ -59,9 +60,9 @@ class Episode:
             prompt_ids, self.spec.game, len(self.turns), tuple(self.admissible), self.expert_action, self.observation
         )
 
-    def view(self, history: int, max_steps: int, memory: bool = False) -> TurnView:
+    def view(self, history: int, max_steps: int) -> TurnView:
         recent = [(t["observation"], t["action"]) for t in self.turns[-history:]] if history else []
-        line = recall([*(t["observation"] for t in self.turns), self.observation]).render() if memory else None
+        line = self.memory.render() if self.memory is not None else None
         return TurnView(
             self.task, len(self.turns), max_steps, tuple(recent), self.observation, tuple(self.admissible), line
         )
@@ -148,14 +149,12 @@ class EpisodeRunner:
             observation=result.observation,
             admissible=list_actions(result.admissible, self.listing, spec.episode_id, 0),
             expert_action=result.expert_action,
+            memory=recall([result.observation]) if self.memory else None,
         )
 
     def _act(self, active: dict[int, Episode], seed: int) -> dict[int, str]:
         """One batched policy call; the parsed turn waits in `ep.turns` for the env's feedback."""
-        rendered = {
-            slot: self.renderer.render(ep.view(self.history, self.max_steps, self.memory))
-            for slot, ep in active.items()
-        }
+        rendered = {slot: self.renderer.render(ep.view(self.history, self.max_steps)) for slot, ep in active.items()}
         requests = [active[slot].request(ids) for slot, (_, ids) in rendered.items()]
         tick = time.perf_counter()
         responses = self.policy.act(requests, seed)
@@ -193,6 +192,8 @@ class EpisodeRunner:
             ep.error, ep.finished = result.error, True
             return
         ep.observation = result.observation
+        if ep.memory is not None:
+            ep.memory.read(result.observation)
         ep.admissible = list_actions(result.admissible, self.listing, ep.spec.episode_id, len(ep.turns))
         ep.expert_action = result.expert_action
         ep.won = result.won

@@ -29,6 +29,11 @@ _TAKE = re.compile(r"^You pick up the (?P<item>[\w ]+? \d+) from the (?P<place>[
 _PUT = re.compile(r"^You move the (?P<item>[\w ]+? \d+) to the (?P<place>[\w ]+? \d+)\.")
 
 
+def kind(name: str) -> str:
+    """Class of an engine name: "countertop 2" -> "countertop"."""
+    return name.rsplit(" ", 1)[0]
+
+
 def _items(text: str) -> tuple[str, ...]:
     """`a cellphone 1, a desklamp 1, and a watch 1` -> (cellphone 1, desklamp 1, watch 1); `nothing` -> ()."""
     if text.strip() == "nothing":
@@ -44,20 +49,16 @@ class Memory:
     contents: dict[str, tuple[str, ...] | str] = field(default_factory=dict)  # place -> items, or CLOSED
 
     @property
-    def visited(self) -> tuple[str, ...]:
-        return tuple(self.contents)
-
-    @property
     def searched(self) -> frozenset[str]:
         """The places whose contents the episode has seen (a place only seen closed is not searched yet)."""
         return frozenset(place for place, items in self.contents.items() if items != CLOSED)
 
-    def places_holding(self, kind: str) -> list[str]:
-        """The remembered places where an object of class `kind` was last seen, in the order first visited."""
+    def places_holding(self, object_class: str) -> list[str]:
+        """The remembered places where an object of class `object_class` was last seen, in the order first visited."""
         return [
             place
             for place, items in self.contents.items()
-            if items != CLOSED and any(item.rsplit(" ", 1)[0] == kind for item in items)
+            if items != CLOSED and any(kind(item) == object_class for item in items)
         ]
 
     def read(self, observation: str) -> None:

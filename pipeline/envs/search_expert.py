@@ -39,7 +39,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.envs.memory import Memory
+from pipeline.envs.memory import Memory, kind
 
 TRANSFORM_VERBS = {
     "pick_clean_then_place_in_recep": ("clean", "sinkbasin", "isclean"),
@@ -80,11 +80,6 @@ def _lamp_hosts() -> frozenset[str]:
     from pipeline.envs.minigen import LAMP_HOSTS
 
     return frozenset(host.lower() for host in LAMP_HOSTS)
-
-
-def kind(name: str) -> str:
-    """Class of an engine name: "countertop 2" -> "countertop"."""
-    return name.rsplit(" ", 1)[0]
 
 
 class WorldState:

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 from pipeline.config import GAMES_PER_WORKER
@@ -69,12 +69,11 @@ def _worker_main(conn: Connection, alfworld_data: str, expert: str | None, memor
 
 @dataclass(eq=False)
 class _Worker:
-    """One worker process: the games it has started, and the slots whose game lives in it."""
+    """One worker process, and how many games it has started."""
 
     process: mp.process.BaseProcess
     conn: Connection
     games_started: int = 0
-    homes: set[int] = field(default_factory=set)
 
 
 class EnvPool:
@@ -134,11 +133,7 @@ class EnvPool:
         if self._games_per_worker and worker.games_started >= self._games_per_worker:
             self._retired.append(worker)
             worker = self._lanes[lane] = self._start_worker()
-        previous = self._home.get(slot)
-        if previous is not None:
-            previous.homes.discard(slot)
         worker.games_started += 1
-        worker.homes.add(slot)
         self._home[slot] = worker
         return worker
 
@@ -198,8 +193,8 @@ class EnvPool:
         }
         for slot in failures:
             del self._pending[slot]
-        for slot in worker.homes:
-            self._home.pop(slot, None)
+        for slot in [slot for slot, home in self._home.items() if home is worker]:
+            del self._home[slot]
         if worker in self._retired:
             self._retired.remove(worker)
         else:
@@ -208,7 +203,8 @@ class EnvPool:
 
     def _stop_idle_retired(self) -> None:
         """Stop the retired workers whose every game has moved on (and that owe no answer)."""
-        idle = [w for w in self._retired if not w.homes and all(p is not w for p in self._pending.values())]
+        busy = {*self._home.values(), *self._pending.values()}
+        idle = [worker for worker in self._retired if worker not in busy]
         for worker in idle:
             self._retired.remove(worker)
         _stop(idle)
